@@ -1,0 +1,28 @@
+"""Write a model's facts into ONNX ``metadata_props`` (read back by relais.models.metadata)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from relais_export import EXPORT_VERSION
+
+# Keys are namespaced so they never collide with metadata another tool wrote.
+PREFIX = "relais."
+
+
+def encode_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def set_metadata(model, facts: dict[str, Any]) -> None:
+    """Replace relais.* metadata on an onnx.ModelProto with ``facts`` (+ export version)."""
+    facts = {"export_version": EXPORT_VERSION, **facts}
+    keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for p in keep:
+        model.metadata_props.add(key=p.key, value=p.value)
+    for key, value in facts.items():
+        model.metadata_props.add(key=PREFIX + key, value=encode_value(value))

@@ -1,0 +1,1 @@
+"""Whisper -> ONNX: CTranslate2 bundles and Hugging Face checkpoints."""

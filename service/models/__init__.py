@@ -1,0 +1,1 @@
+"""Model sets: manifests and the facts each exported ONNX file carries."""

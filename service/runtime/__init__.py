@@ -1,0 +1,1 @@
+"""Model runtime: ONNX Runtime sessions and the per-model inference wrappers."""

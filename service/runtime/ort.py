@@ -1,0 +1,95 @@
+"""ONNX Runtime session creation with the TensorRT -> CUDA -> CPU provider chain."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How models are executed. ``providers`` is tried in order; missing ones are skipped."""
+
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    trt_cache_dir: str = ""  # TensorRT engine + timing cache (device-specific)
+    trt_fp16: bool = True
+    device_id: int = 0
+
+    def __post_init__(self):
+        unknown = [p for p in self.providers if p not in PROVIDER_ALIASES]
+        if unknown:
+            raise ValueError(
+                f"runtime.providers: unknown provider(s) {unknown}; choose from {sorted(PROVIDER_ALIASES)}"
+            )
+        if not self.providers:
+            raise ValueError("runtime.providers must name at least one provider (e.g. ['cpu'])")
+
+
+@dataclass
+class LoadedSession:
+    session: object  # onnxruntime.InferenceSession
+    provider: str  # the short name of the provider that runs it
+    path: str
+    input_names: list[str] = field(default_factory=list)
+    output_names: list[str] = field(default_factory=list)
+
+
+def _provider_options(name: str, cfg: RuntimeConfig) -> dict:
+    if name == "tensorrt":
+        opts = {"device_id": cfg.device_id, "trt_fp16_enable": cfg.trt_fp16}
+        if cfg.trt_cache_dir:
+            Path(cfg.trt_cache_dir).mkdir(parents=True, exist_ok=True)
+            opts.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=cfg.trt_cache_dir,
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=cfg.trt_cache_dir,
+            )
+        return opts
+    if name == "cuda":
+        return {"device_id": cfg.device_id}
+    return {}
+
+
+def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> LoadedSession:
+    """Open ``path`` with the first available provider of ``cfg.providers``."""
+    import onnxruntime as ort
+
+    cfg = cfg or RuntimeConfig()
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path} not found; run `relais models prepare`")
+    available = set(ort.get_available_providers())
+    chain = [p for p in cfg.providers if PROVIDER_ALIASES[p] in available]
+    if not chain:
+        raise RuntimeError(
+            f"none of the configured providers {list(cfg.providers)} is available "
+            f"(this onnxruntime has {sorted(available)})"
+        )
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cfg.intra_op_threads:
+        opts.intra_op_num_threads = cfg.intra_op_threads
+    providers = [(PROVIDER_ALIASES[p], _provider_options(p, cfg)) for p in chain]
+    session = ort.InferenceSession(path, opts, providers=providers)
+    active = session.get_providers()[0]
+    short = next(k for k, v in PROVIDER_ALIASES.items() if v == active)
+    log.info("loaded %s on %s (asked for %s)", os.path.basename(path), short, ",".join(cfg.providers))
+    return LoadedSession(
+        session=session,
+        provider=short,
+        path=path,
+        input_names=[i.name for i in session.get_inputs()],
+        output_names=[o.name for o in session.get_outputs()],
+    )
