@@ -1,0 +1,116 @@
+"""Torch modules that define the exported Whisper graphs.
+
+They reuse the weights of a transformers WhisperForConditionalGeneration but own
+their forward pass, so the graphs have exactly the interface the service needs:
+
+* encoder: ``mel`` [batch, n_mels, frames] (frames variable, <= 3000) ->
+  ``cross_k``, ``cross_v`` [decoder_layers, batch, heads, frames/2, head_dim]
+  (the cross-attention keys/values of every decoder layer, computed once).
+* decoder: ``tokens`` [batch, n], ``offset`` [1] (position of tokens[:, 0]),
+  ``self_k``/``self_v`` [layers, batch, heads, past, head_dim], ``cross_k``/``cross_v``
+  -> ``logits`` [batch, vocab] of the last position, ``new_self_k``/``new_self_v``
+  with ``past + n`` positions.
+
+Positions are looked up explicitly from ``offset`` (transformers' own decoder
+ignores explicit position ids, which breaks cached decoding after one token).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, dh = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * dh)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    scale = q.shape[-1] ** -0.5
+    w = torch.matmul(q * scale, k.transpose(-1, -2))
+    if mask is not None:
+        w = w + mask
+    return torch.matmul(torch.softmax(w, dim=-1), v)
+
+
+def _self_attention(attn, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    q, k, v = (_heads(p(x), n_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    return attn.out_proj(_merge(_attend(q, k, v)))
+
+
+def _ffn(layer, x: torch.Tensor) -> torch.Tensor:
+    return layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
+
+
+class WhisperEncoderGraph(nn.Module):
+    def __init__(self, hf_model):
+        super().__init__()
+        enc, dec = hf_model.model.encoder, hf_model.model.decoder
+        cfg = hf_model.config
+        self.conv1, self.conv2 = enc.conv1, enc.conv2
+        self.positions = enc.embed_positions.weight
+        self.layers = enc.layers
+        self.layer_norm = enc.layer_norm
+        self.cross = nn.ModuleList(layer.encoder_attn for layer in dec.layers)
+        self.enc_heads = cfg.encoder_attention_heads
+        self.dec_heads = cfg.decoder_attention_heads
+
+    def forward(self, mel: torch.Tensor):
+        x = F.gelu(self.conv1(mel))
+        x = F.gelu(self.conv2(x)).permute(0, 2, 1)
+        x = x + self.positions[: x.shape[1]]
+        for layer in self.layers:
+            x = x + _self_attention(layer.self_attn, layer.self_attn_layer_norm(x), self.enc_heads)
+            x = x + _ffn(layer, x)
+        x = self.layer_norm(x)
+        cross_k = torch.stack([_heads(a.k_proj(x), self.dec_heads) for a in self.cross])
+        cross_v = torch.stack([_heads(a.v_proj(x), self.dec_heads) for a in self.cross])
+        return cross_k, cross_v
+
+
+class WhisperDecoderGraph(nn.Module):
+    def __init__(self, hf_model):
+        super().__init__()
+        dec = hf_model.model.decoder
+        self.embed = dec.embed_tokens
+        self.positions = dec.embed_positions.weight
+        self.layers = dec.layers
+        self.layer_norm = dec.layer_norm
+        self.n_heads = hf_model.config.decoder_attention_heads
+
+    def forward(self, tokens, offset, self_k, self_v, cross_k, cross_v):
+        n = tokens.shape[1]
+        past = self_k.shape[3]
+        pos = offset + torch.arange(n, dtype=torch.int64)
+        x = self.embed(tokens) + self.positions[pos]
+        # Causal mask over [past + n] keys: query j sits at absolute position past + j.
+        key_pos = torch.arange(past + n, dtype=torch.int64)
+        query_pos = past + torch.arange(n, dtype=torch.int64)
+        blocked = key_pos.unsqueeze(0) > query_pos.unsqueeze(1)
+        mask = torch.zeros(blocked.shape, dtype=x.dtype).masked_fill(blocked, -1e9)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            q = _heads(attn.q_proj(h), self.n_heads)
+            k = torch.cat([self_k[i], _heads(attn.k_proj(h), self.n_heads)], dim=2)
+            v = torch.cat([self_v[i], _heads(attn.v_proj(h), self.n_heads)], dim=2)
+            new_k.append(k)
+            new_v.append(v)
+            x = x + attn.out_proj(_merge(_attend(q, k, v, mask)))
+            cross = layer.encoder_attn
+            q = _heads(cross.q_proj(layer.encoder_attn_layer_norm(x)), self.n_heads)
+            x = x + cross.out_proj(_merge(_attend(q, cross_k[i], cross_v[i])))
+            x = x + _ffn(layer, x)
+        last = self.layer_norm(x[:, -1, :])
+        # 2-D linear exports as Gemm(transB=1) over the embedding itself: one copy of
+        # the vocabulary matrix serves both the lookup and the output projection.
+        logits = F.linear(last, self.embed.weight)
+        return logits, torch.stack(new_k), torch.stack(new_v)

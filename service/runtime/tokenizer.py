@@ -1,0 +1,23 @@
+"""Whisper text tokenizer over the exported tokenizer.json (the `tokenizers` library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class WhisperTokenizer:
+    def __init__(self, path: str | Path, eot: int):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+        self.eot = eot  # ids >= eot are special (control, language, timestamp) tokens
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode([i for i in ids if i < self.eot], skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        """Text of one token (may be a partial UTF-8 sequence, then contains U+FFFD)."""
+        return self.decode([token_id])

@@ -1,0 +1,173 @@
+"""Whisper speech recogniser/translator over the exported ONNX encoder + cached decoder.
+
+One ``WhisperModel`` is shared (immutable) by all streams; every call takes the
+per-call data it needs. The model's facts (layers, token ids, sample rate) come from
+the ONNX metadata written by the exporter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from relais.models.metadata import ModelFacts, session_metadata
+from relais.runtime.mel import LogMel
+from relais.runtime.ort import RuntimeConfig, create_session
+from relais.runtime.tokenizer import WhisperTokenizer
+
+log = logging.getLogger(__name__)
+
+TASKS = ("transcribe", "translate")
+
+
+@dataclass
+class EncodedAudio:
+    cross_k: np.ndarray  # [layers, batch, heads, audio_ctx, head_dim]
+    cross_v: np.ndarray
+    duration_s: float  # audio actually present (padding excluded)
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]  # generated tokens, without prompt and eot
+    text: str
+    ended: bool  # True when the model emitted end-of-text (not cut by max length)
+    avg_logprob: float = 0.0
+    token_logprobs: list[float] = field(default_factory=list)
+
+
+class WhisperModel:
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", runtime: RuntimeConfig | None = None):
+        model_dir = Path(model_dir)
+        self.model_dir = model_dir
+        self.precision = precision
+        self.encoder = create_session(model_dir / f"encoder.{precision}.onnx", runtime)
+        self.decoder = create_session(model_dir / f"decoder.{precision}.onnx", runtime)
+        self.facts: ModelFacts = session_metadata(self.decoder.session, self.decoder.path)
+        f = self.facts
+        self.n_mels = f.int("n_mels")
+        self.sample_rate_hz = f.int("sample_rate_hz")
+        self.max_frames = f.int("max_frames")
+        self.n_text_ctx = f.int("n_text_ctx")
+        self.layers = f.int("decoder_layers")
+        self.heads = f.int("decoder_heads")
+        self.head_dim = f.int("d_model") // self.heads
+        self.multilingual = bool(f.require("multilingual"))
+        self.eot, self.sot = f.int("eot"), f.int("sot")
+        self.no_timestamps = f.int("no_timestamps")
+        self.sot_prev = f.int("sot_prev")
+        self.lang_ids: dict[str, int] = dict(f.get("lang_ids", {}))
+        self.suppress = np.array(sorted(set(f.get("suppress_ids", []))), dtype=np.int64)
+        self.suppress_begin = np.array(sorted(set(f.get("suppress_ids_begin", []))), dtype=np.int64)
+        self.task_ids = {"transcribe": f.int("transcribe"), "translate": f.int("translate")}
+        self.mel = LogMel(np.load(model_dir / "mel_filters.npy"), f.int("n_fft"), f.int("hop_length"))
+        self.tokenizer = WhisperTokenizer(model_dir / "tokenizer.json", self.eot)
+        self.provider = self.decoder.provider
+
+    # -- prompt -----------------------------------------------------------------
+    def prompt(self, task: str = "transcribe", language: str | None = None, previous: list[int] | None = None) -> list[int]:
+        """Decoder prompt: [<|startofprev|> previous...] <|sot|> [lang task] <|notimestamps|>."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        ids: list[int] = []
+        if previous:
+            # Keep the prompt within half the text context, as Whisper was trained.
+            ids = [self.sot_prev, *previous[-(self.n_text_ctx // 2 - 1):]]
+        ids.append(self.sot)
+        if self.multilingual:
+            if language is None:
+                raise ValueError("a multilingual model needs a source language (or detect_language first)")
+            if language not in self.lang_ids:
+                raise ValueError(f"unsupported language {language!r}; supported: {sorted(self.lang_ids)}")
+            ids += [self.lang_ids[language], self.task_ids[task]]
+        elif task == "translate" or (language not in (None, "en")):
+            raise ValueError("this English-only model can only transcribe English (task=transcribe, language=en)")
+        ids.append(self.no_timestamps)
+        return ids
+
+    # -- encoder ----------------------------------------------------------------
+    def features(self, audio: np.ndarray, pad_to_s: float | None = None) -> np.ndarray:
+        """Log-mel [n_mels, frames] with an even frame count, at most ``max_frames``."""
+        max_samples = self.max_frames * self.mel.hop_length
+        if len(audio) > max_samples:
+            raise ValueError(f"audio longer than {max_samples / self.sample_rate_hz:.0f} s; split it first")
+        pad = int(round(pad_to_s * self.sample_rate_hz)) if pad_to_s else 0
+        mel = self.mel(audio, pad_to_samples=min(max(pad, 0), max_samples))
+        if mel.shape[1] % 2:
+            mel = np.pad(mel, ((0, 0), (0, 1)), constant_values=mel.min())
+        return mel[:, : self.max_frames]
+
+    def encode(self, audio: np.ndarray, pad_to_s: float | None = None) -> EncodedAudio:
+        """Encode 16 kHz mono audio; ``pad_to_s`` zero-pads (30 = Whisper's own window)."""
+        mel = self.features(audio, pad_to_s)[None]
+        cross_k, cross_v = self.encoder.session.run(None, {"mel": mel})
+        return EncodedAudio(cross_k, cross_v, len(audio) / self.sample_rate_hz)
+
+    # -- decoder ----------------------------------------------------------------
+    def empty_cache(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.layers, batch, self.heads, 0, self.head_dim)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def decode_step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio):
+        logits, self_k, self_v = self.decoder.session.run(None, {
+            "tokens": tokens.astype(np.int64),
+            "offset": np.array([offset], dtype=np.int64),
+            "self_k": self_k, "self_v": self_v,
+            "cross_k": enc.cross_k, "cross_v": enc.cross_v,
+        })
+        return logits, self_k, self_v
+
+    def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
+               forced: list[int] | None = None) -> DecodeResult:
+        """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
+        (their log-probs are still recorded), which lets a policy re-check a prefix cheaply."""
+        limit = self.n_text_ctx - len(prompt)
+        max_new = min(max_new_tokens or limit, limit)
+        self_k, self_v = self.empty_cache()
+        logits, self_k, self_v = self.decode_step(np.array([prompt]), 0, self_k, self_v, enc)
+        out: list[int] = []
+        logprobs: list[float] = []
+        forced = list(forced or [])
+        ended = False
+        while len(out) < max_new:
+            scores = logits[0].astype(np.float64)
+            scores[self.suppress] = -np.inf
+            if not out:
+                scores[self.suppress_begin] = -np.inf
+            token = forced[len(out)] if len(out) < len(forced) else int(np.argmax(scores))
+            m = scores.max()
+            logprobs.append(float(scores[token] - m - np.log(np.exp(scores - m).sum())))
+            if token == self.eot:
+                ended = True
+                break
+            out.append(token)
+            logits, self_k, self_v = self.decode_step(
+                np.array([[token]]), len(prompt) + len(out) - 1, self_k, self_v, enc)
+        text = self.tokenizer.decode(out).strip()
+        avg = float(np.mean(logprobs)) if logprobs else 0.0
+        return DecodeResult(out, text, ended, avg, logprobs)
+
+    def detect_language(self, enc: EncodedAudio) -> tuple[str, float]:
+        """Most likely spoken language from the first decoder step (multilingual only)."""
+        if not self.multilingual:
+            return "en", 1.0
+        self_k, self_v = self.empty_cache()
+        logits, _, _ = self.decode_step(np.array([[self.sot]]), 0, self_k, self_v, enc)
+        codes = list(self.lang_ids)
+        ids = np.array([self.lang_ids[c] for c in codes])
+        scores = logits[0][ids].astype(np.float64)
+        probs = np.exp(scores - scores.max())
+        probs /= probs.sum()
+        best = int(np.argmax(probs))
+        return codes[best], float(probs[best])
+
+    def transcribe(self, audio: np.ndarray, task: str = "transcribe", language: str | None = None,
+                   pad_to_s: float | None = 30.0) -> DecodeResult:
+        """Offline recognition/translation of up to 30 s of audio."""
+        enc = self.encode(audio, pad_to_s)
+        if language is None and self.multilingual:
+            language, _ = self.detect_language(enc)
+        return self.greedy(enc, self.prompt(task, language))
