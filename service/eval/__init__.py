@@ -1,0 +1,1 @@
+"""Evaluation helpers: manifests of recordings, text normalisation, scores."""
