@@ -21,6 +21,22 @@ from relais.runtime.tokenizer import WhisperTokenizer
 log = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
+# Decoding guards against Whisper's hallucination loops, which appear mostly when the
+# encoder sees less than its 30 s training window: stop once the output repeats a
+# span of at least MIN_REPEAT_TOKENS tokens back to back, and never emit more than
+# MAX_TOKENS_PER_S per second of audio (+ a small allowance).
+MIN_REPEAT_TOKENS = 5
+MAX_TOKENS_PER_S = 12.0
+TOKEN_ALLOWANCE = 10
+
+
+def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS) -> int:
+    """Length of a span that the sequence ends with twice in a row (0 if none)."""
+    n = len(tokens)
+    for span in range(min_span, n // 2 + 1):
+        if tokens[n - span:] == tokens[n - 2 * span:n - span]:
+            return span
+    return 0
 
 
 @dataclass
@@ -124,7 +140,7 @@ class WhisperModel:
                forced: list[int] | None = None) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
         (their log-probs are still recorded), which lets a policy re-check a prefix cheaply."""
-        limit = self.n_text_ctx - len(prompt)
+        limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
         max_new = min(max_new_tokens or limit, limit)
         self_k, self_v = self.empty_cache()
         logits, self_k, self_v = self.decode_step(np.array([prompt]), 0, self_k, self_v, enc)
@@ -144,6 +160,11 @@ class WhisperModel:
                 ended = True
                 break
             out.append(token)
+            if len(out) > len(forced) and (span := repeated_tail(out)):
+                del out[-span:]
+                logprobs = logprobs[: len(out)]
+                log.debug("repetition loop cut (%d tokens repeated)", span)
+                break
             logits, self_k, self_v = self.decode_step(
                 np.array([[token]]), len(prompt) + len(out) - 1, self_k, self_v, enc)
         text = self.tokenizer.decode(out).strip()
