@@ -185,7 +185,7 @@ def _prepare_voice(root: Path, previous) -> ModelEntry:
         return previous.models[name]
     out = root / name
     out.mkdir(parents=True, exist_ok=True)
-    info = prepare_piper_voice(onnx_path, json_path, out)
+    info = prepare_piper_voice(onnx_path, json_path, out, provenance=f"pypi:{dist}=={package_version(dist)}")
     facts = {k: v for k, v in info.__dict__.items() if k not in ("files", "sha256", "provenance", "language")}
     return ModelEntry(
         name=name, task="tts", kind="piper", dir=name,
