@@ -57,6 +57,7 @@ def test_tiny_random_hf_whisper_export_parity(tmp_path, n_mels):
         ref_logits = ckpt.model(input_features=torch.from_numpy(reference_features(ckpt, audio)),
                                 decoder_input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
     assert np.abs(logits[0] - ref_logits).max() < 1e-3
-    # Greedy decoding with the KV cache gives the same tokens as the reference loop.
-    ours = model.greedy(enc, prompt, max_new_tokens=12)
+    # Greedy decoding with the KV cache gives the same tokens as the reference loop
+    # (a random model repeats itself: the loop guard is off for this comparison).
+    ours = model.greedy(enc, prompt, max_new_tokens=12, stop_on_repeat=False)
     assert ours.tokens == reference_greedy(ckpt, audio, prompt, max_new_tokens=12)

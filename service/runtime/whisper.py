@@ -137,7 +137,7 @@ class WhisperModel:
         return logits, self_k, self_v
 
     def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
-               forced: list[int] | None = None) -> DecodeResult:
+               forced: list[int] | None = None, stop_on_repeat: bool = True) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
         (their log-probs are still recorded), which lets a policy re-check a prefix cheaply."""
         limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
@@ -160,7 +160,7 @@ class WhisperModel:
                 ended = True
                 break
             out.append(token)
-            if len(out) > len(forced) and (span := repeated_tail(out)):
+            if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail(out)):
                 del out[-span:]
                 logprobs = logprobs[: len(out)]
                 log.debug("repetition loop cut (%d tokens repeated)", span)
