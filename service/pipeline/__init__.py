@@ -1,0 +1,1 @@
+"""The streaming pipeline: audio -> VAD -> Whisper + simultaneous policy -> TTS."""
