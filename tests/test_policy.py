@@ -1,0 +1,315 @@
+"""LocalAgreement-n policy over synthetic token hypotheses (pure Python, no model)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from relais.pipeline.policy import (
+    LocalAgreementPolicy,
+    PolicyState,
+    SimultaneousPolicy,
+    longest_common_prefix,
+)
+
+# A toy vocabulary: a token starts a word when its text starts with a space.
+VOCAB = {
+    1: " the", 2: " cat", 3: " sa", 4: "t", 5: " on", 6: " un", 7: "believ", 8: "able",
+    9: " story", 10: " a", 11: "b", 12: " c", 13: "s", 14: " mat", 15: "ing", 16: " dog",
+}  # fmt: skip
+NOISE_BASE = 1000  # ids >= NOISE_BASE: noise tokens; even ids start a word
+
+
+def is_word_start(token: int) -> bool:
+    if token >= NOISE_BASE:
+        return token % 2 == 0
+    return VOCAB[token].startswith(" ")
+
+
+def words(*texts: str) -> list[int]:
+    ids = {text: token for token, text in VOCAB.items()}
+    return [ids[t] for t in texts]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def test_longest_common_prefix():
+    assert longest_common_prefix([]) == 0
+    assert longest_common_prefix([[1, 2, 3]]) == 3
+    assert longest_common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert longest_common_prefix([[1, 2, 3], [1, 2]]) == 2
+    assert longest_common_prefix([[1, 2, 3], [1, 2, 3], [1, 9, 3]]) == 1
+    assert longest_common_prefix([[1, 2], [], [1, 2]]) == 0
+    assert longest_common_prefix([[5], [1]]) == 0
+
+
+def test_validation_and_protocol():
+    with pytest.raises(ValueError, match="n must be"):
+        LocalAgreementPolicy(n=0)
+    with pytest.raises(ValueError, match="max_unstable_tokens"):
+        LocalAgreementPolicy(max_unstable_tokens=0)
+    policy = LocalAgreementPolicy()
+    assert isinstance(policy, SimultaneousPolicy)
+    assert policy.new_state() == PolicyState(committed=[], history=[])
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+def test_la2_commits_only_what_two_consecutive_hypotheses_agree_on():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2, 3]) == []  # nothing on the first step
+    assert state.committed == []
+    assert policy.step(state, [1, 2, 4, 5]) == [1, 2]
+    assert state.committed == [1, 2]
+    assert state.history == [[3], [4, 5]]  # re-expressed relative to the committed prefix
+    assert state.tail == [4, 5]
+
+
+def test_la3_needs_three_hypotheses():
+    policy = LocalAgreementPolicy(n=3)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2, 3]) == []
+    assert policy.step(state, [1, 2, 3]) == []  # two agree, but LA-3 waits for a third
+    assert policy.step(state, [1, 2, 7]) == [1, 2]
+    assert state.history == [[3], [3], [7]]
+    # Only the last three count: the first [3] has left the window.
+    assert policy.step(state, [3, 8]) == []  # [3], [7], [3, 8] disagree at once
+    assert policy.step(state, [3, 9]) == []  # [7], [3, 8], [3, 9]
+    assert policy.step(state, [3, 9]) == [3]  # [3, 8], [3, 9], [3, 9]
+    assert state.committed == [1, 2, 3]
+
+
+def test_la1_commits_every_hypothesis():
+    policy = LocalAgreementPolicy(n=1)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2]) == [1, 2]
+    assert policy.step(state, [3]) == [3]
+    assert state.committed == [1, 2, 3]
+    assert state.history == [[]]
+
+
+def test_later_hypothesis_continues_after_commit():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    policy.step(state, [1, 2, 3])
+    policy.step(state, [1, 2, 3, 4])  # commits [1, 2, 3]; history [[], [4]]
+    assert state.committed == [1, 2, 3]
+    assert state.history == [[], [4]]
+    # The decoder now forces [1, 2, 3] and passes only the continuation.
+    assert policy.step(state, [4, 5]) == [4]
+    assert policy.step(state, [5, 6]) == [5]
+    assert state.committed == [1, 2, 3, 4, 5]
+
+
+def test_disagreeing_hypothesis_commits_nothing_new():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    policy.step(state, [1, 2, 3])
+    assert policy.step(state, [1, 2, 4]) == [1, 2]
+    assert policy.step(state, [9, 9]) == []  # disagrees with [4]
+    assert state.committed == [1, 2]
+    assert policy.step(state, [9, 9, 1]) == [9, 9]  # agrees with the newest only
+    assert state.committed == [1, 2, 9, 9]
+
+
+def test_forced_commit_drops_history_that_does_not_extend_it():
+    policy = LocalAgreementPolicy(n=3, max_unstable_tokens=2)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2]) == []  # two unstable tokens: within the bound
+    # No agreement yet (two of three), but four unstable tokens: force-commit two.
+    assert policy.step(state, [5, 6, 7, 8]) == [5, 6]
+    assert state.committed == [5, 6]
+    assert state.history == [[7, 8]]  # [1, 2] does not start with [5, 6]: dropped
+
+
+def test_max_unstable_tokens_bounds_the_tail_at_word_starts():
+    policy = LocalAgreementPolicy(n=2, is_word_start=is_word_start, max_unstable_tokens=2)
+    state = policy.new_state()
+    hyp = words(" the", " un", "believ", "able", " story")
+    # Token-level the bound would allow committing 3; " un" | "believ" is mid-word.
+    assert policy.step(state, hyp) == words(" the")
+    assert state.tail == words(" un", "believ", "able", " story")
+    unbounded = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    assert unbounded.step(unbounded.new_state(), hyp) == []
+
+
+# ---------------------------------------------------------------------------- word boundaries
+
+
+def test_word_boundary_never_commits_a_partial_word():
+    hyp1 = words(" the", " cat", " sa")
+    hyp2 = words(" the", " cat", " sa", "t")
+    token_level = LocalAgreementPolicy(n=2)
+    state = token_level.new_state()
+    token_level.step(state, hyp1)
+    assert token_level.step(state, hyp2) == words(" the", " cat", " sa")  # " sa" is half of " sat"
+
+    policy = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    state = policy.new_state()
+    policy.step(state, hyp1)
+    assert policy.step(state, hyp2) == words(" the", " cat")
+    assert state.tail == words(" sa", "t")
+    assert policy.flush(state, words(" sa", "t", " on")) == words(" sa", "t", " on")
+    assert state.committed == words(" the", " cat", " sa", "t", " on")
+    assert state.history == []
+
+
+def test_word_boundary_multi_token_word_and_last_word_waits():
+    policy = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    state = policy.new_state()
+    hyp = words(" un", "believ", "able", " story")
+    policy.step(state, hyp)
+    # Full agreement, but the last word could still grow (" story" -> " storys").
+    assert policy.step(state, hyp) == words(" un", "believ", "able")
+    assert policy.step(state, words(" story", "s")) == []  # " story" vs " storys"
+    assert policy.step(state, words(" story", "s", " the")) == []  # " storys" may still grow
+    assert policy.step(state, words(" story", "s", " the", " cat")) == words(" story", "s")
+    assert state.committed == words(" un", "believ", "able", " story", "s")
+
+
+def test_word_boundary_must_hold_in_every_agreeing_hypothesis():
+    # " a" agrees as a token, but the older hypothesis reads it as the word " ab".
+    policy = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    state = policy.new_state()
+    policy.step(state, words(" a", "b"))
+    assert policy.step(state, words(" a", " c")) == []
+    # Now both end " a" before a word start; " c" is the last word of the older one.
+    assert policy.step(state, words(" a", " c", " dog")) == words(" a")
+
+
+# ---------------------------------------------------------------------------- flush and reset
+
+
+def test_flush_then_reset_starts_a_fresh_utterance():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    policy.step(state, [1, 2, 3])
+    assert policy.step(state, [1, 2, 4]) == [1, 2]
+    assert policy.flush(state, [4, 5]) == [4, 5]
+    assert state.committed == [1, 2, 4, 5]
+    assert state.history == []
+    policy.reset(state)
+    assert state == PolicyState(committed=[], history=[])
+    # No history leaks across the reset: the first step of the new utterance commits nothing.
+    assert policy.step(state, [4, 5]) == []
+
+
+def test_reset_discards_uncommitted_history():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    policy.step(state, [7, 8])
+    policy.reset(state)
+    assert policy.step(state, [7, 8]) == []
+    assert policy.step(state, [7, 8]) == [7, 8]
+
+
+def test_policy_does_not_alias_caller_lists():
+    policy = LocalAgreementPolicy(n=2)
+    state = policy.new_state()
+    hyp = [1, 2, 3]
+    policy.step(state, hyp)
+    out = policy.step(state, hyp)
+    hyp.append(99)
+    out.append(98)
+    assert state.committed == [1, 2, 3]
+    assert state.history == [[], []]
+
+
+# ---------------------------------------------------------------------------- properties
+
+
+def _reference_commit(window: list[list[int]], n: int, committed_len: int, word_start) -> int:
+    """LocalAgreement-n in ABSOLUTE coordinates: the committed length after a step."""
+    if len(window) < n:
+        return committed_len
+    length = longest_common_prefix(window)
+    if word_start is not None:
+        while length > committed_len and not all(length < len(h) and word_start(h[length]) for h in window):
+            length -= 1
+    return max(length, committed_len)
+
+
+def _random_continuation(rng: random.Random, tail: list[int]) -> list[int]:
+    """Often extend (part of) the previous tail, so agreement happens; sometimes diverge."""
+    keep = tail[: rng.randint(0, len(tail))] if rng.random() < 0.7 else []
+    return keep + [rng.randint(1, 4) for _ in range(rng.randint(0, 4))]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sequences_match_absolute_reference_and_are_monotonic(seed: int):
+    rng = random.Random(seed)
+    for _ in range(60):
+        n = rng.randint(1, 4)
+        word_start = rng.choice([None, lambda t: t % 2 == 1])
+        bound = rng.choice([None, None, rng.randint(1, 4)])
+        policy = LocalAgreementPolicy(n=n, is_word_start=word_start, max_unstable_tokens=bound)
+        state = policy.new_state()
+        absolute: list[list[int]] = []  # the last n hypotheses as decoded, forced prefix included
+        seen: list[list[int]] = []  # every hypothesis of the utterance, as decoded
+        returned: list[int] = []  # everything step()/flush() returned this utterance
+        for _ in range(rng.randint(1, 25)):
+            action = rng.random()
+            old = list(state.committed)
+            if action < 0.06:
+                policy.reset(state)
+                absolute, seen, returned = [], [], []
+                assert state.committed == [] and state.history == []
+                continue
+            hyp = _random_continuation(rng, state.tail)
+            if action < 0.12:
+                new = policy.flush(state, hyp)
+                absolute, seen = [], []
+                assert new == hyp and state.history == []
+            else:
+                new = policy.step(state, hyp)
+                absolute = (absolute + [old + hyp])[-n:]
+                seen.append(old + hyp)
+                assert new == hyp[: len(new)]  # a prefix of the hypothesis just given
+                if bound is None:
+                    expected = _reference_commit(absolute, n, len(old), word_start)
+                    assert state.committed == absolute[-1][:expected]
+                elif word_start is None:
+                    assert len(state.tail) <= bound
+                # Every kept hypothesis, re-expressed, is one the decoder produced (one of
+                # the last n unless a forced commit dropped some in between).
+                assert state.history and state.history[-1] == hyp[len(new) :]
+                assert len(state.history) <= n
+                for rel in state.history:
+                    assert state.committed + rel in (absolute if bound is None else seen)
+            returned += new
+            assert state.committed[: len(old)] == old  # never shrinks, never changes
+            assert returned == state.committed
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("stride", [1, 2, 5])
+@pytest.mark.parametrize("word_level", [False, True])
+def test_streaming_equals_offline(n: int, stride: int, word_level: bool):
+    """Growing-audio oracle: the stable part of hypothesis t is T[:t], plus an unstable tail."""
+    rng = random.Random(100 * n + 10 * stride + word_level)
+    target = words(" the") + [rng.randint(1, len(VOCAB)) for _ in range(40)]
+    policy = LocalAgreementPolicy(n=n, is_word_start=is_word_start if word_level else None)
+    state = policy.new_state()
+    noise = NOISE_BASE
+    frames = len(target) + n * stride  # audio runs out, then a few more steps on the full audio
+    for frame in range(stride, frames + 1, stride):
+        stable = max(min(frame, len(target)), len(state.committed))
+        tail = []
+        for _ in range(rng.randint(0, 3)):  # never the same noise twice
+            tail.append(noise)
+            noise += 1
+        full = target[:stable] + tail
+        assert full[: len(state.committed)] == state.committed  # the forced prefix
+        policy.step(state, full[len(state.committed) :])
+        assert target[: len(state.committed)] == state.committed
+    if word_level:
+        last_word = max(i for i, t in enumerate(target) if is_word_start(t))
+        assert len(state.committed) >= last_word  # streaming did the work, not the flush
+    else:
+        assert state.committed == target
+    policy.flush(state, target[len(state.committed) :])
+    assert state.committed == target
