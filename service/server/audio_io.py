@@ -1,0 +1,257 @@
+"""Streaming audio decoding (client bytes -> 16 kHz mono float32) and encoding (voice -> client).
+
+Encodings are named as in the proto enum (``PCM_S16LE``, ``PCM_F32LE``, ``WAV``,
+``AUDIO_ENCODING_UNSPECIFIED``). Chunks may be any size: partial frames and a WAV
+header split across chunks are carried over. Resampling uses soxr's streaming
+resampler, so the output does not depend on how the input was chunked.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PIPELINE_RATE_HZ = 16000
+MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
+MAX_CHANNELS = 32
+UNSPECIFIED = "AUDIO_ENCODING_UNSPECIFIED"
+PCM_S16LE, PCM_F32LE, WAV = "PCM_S16LE", "PCM_F32LE", "WAV"
+_SAMPLE_DTYPES = {PCM_S16LE: np.dtype("<i2"), PCM_F32LE: np.dtype("<f4")}
+_MAX_WAV_HEADER_BYTES = 1 << 20
+_WAVE_FORMAT_PCM, _WAVE_FORMAT_FLOAT, _WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
+
+
+@dataclass(frozen=True)
+class AudioFormatSpec:
+    """What the client said about its audio (proto AudioFormat, with the enum as its name)."""
+
+    encoding: str = UNSPECIFIED
+    sample_rate_hz: int = 0
+    channels: int = 0  # 0 = mono
+
+
+def check_rate(rate_hz: int, key: str) -> None:
+    if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
+        raise ValueError(f"{key}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}..{MAX_RATE_HZ}")
+
+
+def _resampler(in_rate_hz: int, out_rate_hz: int):
+    if in_rate_hz == out_rate_hz:
+        return None
+    import soxr
+
+    return soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="float32", quality="HQ")
+
+
+@dataclass(frozen=True)
+class _PcmLayout:
+    encoding: str  # PCM_S16LE or PCM_F32LE
+    sample_rate_hz: int
+    channels: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return _SAMPLE_DTYPES[self.encoding].itemsize * self.channels
+
+
+class InputDecoder:
+    """Bytes in the client's format -> float32 mono 16 kHz, chunk by chunk.
+
+    ``decode(chunk)`` returns whatever audio is complete so far (maybe empty);
+    ``flush()`` returns the resampler's tail at the end of the stream.
+    """
+
+    def __init__(self, fmt: AudioFormatSpec):
+        channels = fmt.channels or 1
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"input_format.channels {channels} is outside 1..{MAX_CHANNELS}")
+        self._encoding = fmt.encoding or UNSPECIFIED
+        self._fmt = fmt
+        self._channels = channels
+        self._pending = bytearray()  # header bytes, or a partial frame
+        self._resampler = None
+        self.frames_in = 0  # input frames decoded so far
+        self._layout: _PcmLayout | None = None
+        self._wav_data_left: int | None = None  # bytes of the WAV data chunk still expected (None: unbounded)
+        if self._encoding in _SAMPLE_DTYPES:
+            if not fmt.sample_rate_hz:
+                raise ValueError(f"input_format.sample_rate_hz is required for {self._encoding}")
+            check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
+            self._set_layout(_PcmLayout(self._encoding, fmt.sample_rate_hz, channels))
+        elif self._encoding == UNSPECIFIED:
+            # PCM_S16LE, unless the first bytes are a RIFF header; the rate is needed only for PCM.
+            if fmt.sample_rate_hz:
+                check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
+        elif self._encoding != WAV:
+            raise ValueError(f"input_format.encoding {self._encoding} is not supported; "
+                             f"use PCM_S16LE, PCM_F32LE or WAV")
+
+    # --- public ---------------------------------------------------------------------------------
+
+    @property
+    def input_rate_hz(self) -> int | None:
+        return self._layout.sample_rate_hz if self._layout else None
+
+    @property
+    def received_s(self) -> float:
+        """Seconds of source audio decoded so far (at the input rate, before resampling)."""
+        return self.frames_in / self._layout.sample_rate_hz if self._layout else 0.0
+
+    def decode(self, chunk: bytes) -> np.ndarray:
+        self._pending += chunk
+        if self._layout is None and not self._read_header():
+            return np.zeros(0, np.float32)
+        return self._resample(self._take_frames(), last=False)
+
+    def flush(self) -> np.ndarray:
+        if self._layout is None:
+            if self._pending:
+                raise ValueError("the stream ended inside the WAV header (no 'data' chunk found)")
+            return np.zeros(0, np.float32)
+        if self._pending:
+            log.debug("dropping %d trailing bytes (a partial frame)", len(self._pending))
+            self._pending.clear()
+        return self._resample(np.zeros(0, np.float32), last=True)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _set_layout(self, layout: _PcmLayout) -> None:
+        self._layout = layout
+        self._resampler = _resampler(layout.sample_rate_hz, PIPELINE_RATE_HZ)
+
+    def _read_header(self) -> bool:
+        """Settle the layout from the first bytes; False while more bytes are needed."""
+        if self._encoding == UNSPECIFIED:
+            if len(self._pending) < 4:
+                return False
+            if bytes(self._pending[:4]) != b"RIFF":
+                if not self._fmt.sample_rate_hz:
+                    raise ValueError("input_format.sample_rate_hz is required for PCM_S16LE "
+                                     "(the default input encoding); or send a WAV file with encoding WAV")
+                self._set_layout(_PcmLayout(PCM_S16LE, self._fmt.sample_rate_hz, self._channels))
+                return True
+        header = parse_wav_header(bytes(self._pending))
+        if header is None:
+            if len(self._pending) > _MAX_WAV_HEADER_BYTES:
+                raise ValueError(f"no WAV 'data' chunk within the first {_MAX_WAV_HEADER_BYTES} bytes")
+            return False
+        layout, data_offset, data_bytes = header
+        if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != layout.sample_rate_hz:
+            log.info("WAV header says %d Hz, config said %d Hz: using the header",
+                     layout.sample_rate_hz, self._fmt.sample_rate_hz)
+        del self._pending[:data_offset]
+        self._wav_data_left = data_bytes
+        self._set_layout(layout)
+        return True
+
+    def _take_frames(self) -> np.ndarray:
+        layout = self._layout
+        usable = len(self._pending)
+        if self._wav_data_left is not None:
+            usable = min(usable, self._wav_data_left)
+        usable -= usable % layout.frame_bytes
+        raw = bytes(self._pending[:usable])
+        del self._pending[:usable]
+        if self._wav_data_left is not None:
+            self._wav_data_left -= usable
+            if self._wav_data_left < layout.frame_bytes:
+                self._pending.clear()  # chunks after the data (LIST...) are not audio
+        samples = np.frombuffer(raw, dtype=_SAMPLE_DTYPES[layout.encoding])
+        audio = samples.astype(np.float32)
+        if layout.encoding == PCM_S16LE:
+            audio *= 1.0 / 32768.0
+        if layout.channels > 1:
+            audio = audio.reshape(-1, layout.channels).mean(axis=1, dtype=np.float32)
+        self.frames_in += len(audio)
+        return audio
+
+    def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:
+        if self._resampler is None:
+            return np.ascontiguousarray(audio, dtype=np.float32)
+        return self._resampler.resample_chunk(np.ascontiguousarray(audio, dtype=np.float32), last=last)
+
+
+def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
+    """(layout, offset of the PCM data, data bytes or None if unbounded), or None if incomplete."""
+    if len(data) < 12:
+        return None
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("input is not a WAV file (no RIFF/WAVE header); set input_format.encoding "
+                         "to PCM_S16LE or PCM_F32LE for raw samples")
+    pos, layout = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = pos + 8
+        if chunk_id == b"data":
+            if layout is None:
+                raise ValueError("WAV: the 'data' chunk comes before the 'fmt ' chunk")
+            unbounded = size in (0, 0xFFFFFFFF)  # streaming writers leave the size open
+            return layout, body, None if unbounded else size
+        if chunk_id == b"fmt ":
+            if body + size > len(data):
+                return None
+            layout = _wav_layout(data[body:body + size])
+        pos = body + size + (size & 1)  # chunks are word-aligned
+    return None
+
+
+def _wav_layout(fmt: bytes) -> _PcmLayout:
+    if len(fmt) < 16:
+        raise ValueError(f"WAV: 'fmt ' chunk is {len(fmt)} bytes, expected at least 16")
+    tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
+    if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
+        tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the sub-format GUID
+    if tag == _WAVE_FORMAT_PCM and bits == 16:
+        encoding = PCM_S16LE
+    elif tag == _WAVE_FORMAT_FLOAT and bits == 32:
+        encoding = PCM_F32LE
+    else:
+        kind = {_WAVE_FORMAT_PCM: "PCM", _WAVE_FORMAT_FLOAT: "float"}.get(tag, f"format tag {tag:#x}")
+        raise ValueError(f"WAV: {bits}-bit {kind} is not supported; send 16-bit PCM or 32-bit float WAV "
+                         f"(e.g. `sox in.wav -b 16 out.wav`)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"WAV: {channels} channels is outside 1..{MAX_CHANNELS}")
+    check_rate(rate, "WAV sample rate")
+    return _PcmLayout(encoding, rate, channels)
+
+
+class OutputEncoder:
+    """Voice-rate float32 phrases -> client bytes at the requested rate (mono)."""
+
+    def __init__(self, fmt: AudioFormatSpec, voice_rate_hz: int):
+        encoding = fmt.encoding or UNSPECIFIED
+        if encoding == UNSPECIFIED:
+            encoding = PCM_S16LE
+        if encoding not in _SAMPLE_DTYPES:
+            raise ValueError(f"output_format.encoding {encoding} is not supported for streamed speech; "
+                             f"use PCM_S16LE or PCM_F32LE")
+        if fmt.channels not in (0, 1):
+            raise ValueError(f"output_format.channels {fmt.channels}: output is mono, use 0 or 1")
+        if fmt.sample_rate_hz:
+            check_rate(fmt.sample_rate_hz, "output_format.sample_rate_hz")
+        self.encoding = encoding
+        self.sample_rate_hz = fmt.sample_rate_hz or voice_rate_hz
+        self.samples_out = 0
+
+    @property
+    def position_s(self) -> float:
+        """Seconds of audio encoded so far (where the next chunk starts in the output stream)."""
+        return self.samples_out / self.sample_rate_hz
+
+    def encode(self, audio: np.ndarray, rate_hz: int) -> bytes:
+        """One whole phrase (resampled on its own: phrases are separate utterances)."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if rate_hz != self.sample_rate_hz and audio.size:
+            import soxr
+
+            audio = soxr.resample(audio, rate_hz, self.sample_rate_hz, quality="HQ").astype(np.float32, copy=False)
+        self.samples_out += len(audio)
+        if self.encoding == PCM_F32LE:
+            return audio.astype("<f4", copy=False).tobytes()
+        pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+        return pcm.tobytes()
