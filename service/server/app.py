@@ -1,0 +1,235 @@
+"""The Relais server: gRPC (SpeechTranslator + health + reflection) and Prometheus metrics.
+
+Life cycle: bind and start with health NOT_SERVING -> load and warm the engine in a
+thread (Translate answers UNAVAILABLE meanwhile) -> SERVING -> on stop/SIGTERM:
+NOT_SERVING at once, new streams UNAVAILABLE, in-flight streams get up to
+``drain_grace_s`` to finish, then the rest are cancelled.
+
+    serve(load_config("relais.yaml"))                 # the CLI: blocks until SIGINT/SIGTERM
+    handle = start_in_process(); handle.address ...; handle.close()   # a private server
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from relais.server.config import ServerConfig, load_config
+from relais.server.interceptor import ErrorMappingInterceptor
+from relais.server.metrics import RelaisMetrics
+from relais.server.servicer import Gate, SpeechTranslatorServicer
+from relais.v1 import translator_pb2, translator_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = translator_pb2.DESCRIPTOR.services_by_name["SpeechTranslator"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class RelaisServer:
+    """One server instance; build it with :func:`build_server`, then ``await start()``."""
+
+    def __init__(self, config: ServerConfig, engine=None):
+        self.config = config
+        self.metrics = RelaisMetrics()
+        self.gate = Gate()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._given_engine = engine
+        self._pool = ThreadPoolExecutor(config.server.effective_worker_threads, thread_name_prefix="relais-session")
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._force_stop: asyncio.Event | None = None
+
+    @property
+    def engine(self):
+        return self.gate.engine
+
+    async def start(self) -> None:
+        """Bind, serve health (NOT_SERVING), load and warm the models, then report SERVING."""
+        cfg = self.config.server
+        log.info("starting relais server: %s", self.config.redacted())
+        self._force_stop = asyncio.Event()
+        self._server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor(on_error=self._count_error)],
+            options=[("grpc.so_reuseport", 0)])
+        servicer = SpeechTranslatorServicer(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
+                                            max_session_s=cfg.max_session_s)
+        translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)
+        self._health = health.aio.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, _NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server)
+        address = f"{cfg.host}:{cfg.port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} (server.host/server.port): {exc}") from None
+        await self._server.start()
+        self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.host)
+        log.info("listening on %s:%d (NOT_SERVING until the models are warm)", cfg.host, self.port)
+        engine, load_s = await asyncio.get_running_loop().run_in_executor(None, self._load_engine)
+        self.metrics.model_load_seconds.set(load_s)
+        self.metrics.set_execution_provider(engine.capabilities().execution_provider)
+        if self.gate.phase == "warming":  # not stopped meanwhile
+            self.gate.engine, self.gate.phase = engine, "serving"
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, _SERVING)
+            log.info("SERVING on port %d (models ready in %.1f s)", self.port, load_s)
+
+    def _load_engine(self):
+        started = time.monotonic()
+        engine = self._given_engine
+        if engine is None:
+            from relais.pipeline.engine import TranslationEngine
+
+            engine = TranslationEngine(self.config.engine_config())
+        engine.stage_observer = self.metrics.observe_stage
+        engine.warm_up()
+        load_s = time.monotonic() - started
+        if self._given_engine is not None:
+            load_s += float(getattr(engine, "load_s", 0.0))  # it was loaded before we got it
+        return engine, load_s
+
+    def _count_error(self, code_name: str) -> None:
+        self.metrics.errors_total.labels(code=code_name).inc()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new streams, let in-flight ones run up to ``grace`` s, then stop."""
+        grace = self.config.server.drain_grace_s if grace is None else grace
+        self.gate.phase = "draining"
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            deadline = time.monotonic() + grace
+            while self.gate.active and time.monotonic() < deadline and not self._force_stop.is_set():
+                await asyncio.sleep(0.05)
+            if self.gate.active:
+                log.warning("cancelling %d stream(s) still running after the %.1f s drain", self.gate.active, grace)
+            await self._server.stop(0)
+            self._server = None
+        self.metrics.stop_http()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("server stopped")
+
+    def force_stop(self) -> None:
+        """Cut a drain short (a second signal)."""
+        if self._force_stop is not None:
+            self._force_stop.set()
+
+
+def build_server(config: ServerConfig | None = None, engine=None) -> RelaisServer:
+    """A server for ``config`` (default: :func:`load_config`), loading its own engine unless given one."""
+    return RelaisServer(config if config is not None else load_config(), engine)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+def serve(config: ServerConfig) -> int:
+    """Run until SIGINT/SIGTERM, then drain; the exit status (0 after a clean drain)."""
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: ServerConfig) -> int:
+    server = build_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: stopping now", signal.Signals(signum).name)
+            server.force_stop()
+        else:
+            log.info("%s: draining (up to %.0f s)", signal.Signals(signum).name, config.server.drain_grace_s)
+            server.gate.phase = "draining"
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    starting = asyncio.create_task(server.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        log.error("server failed to start: %s", starting.exception(), exc_info=starting.exception())
+        stopping.cancel()
+        await server.stop(0)
+        return 1
+    if not starting.done():
+        starting.cancel()  # stopped while the models were still loading
+    await stopping
+    await server.stop()
+    return 0
+
+
+class InProcessServer:
+    """A server on a background thread with its own event loop (the client CLI's fallback)."""
+
+    def __init__(self, config: ServerConfig, engine=None, ready_timeout_s: float = 600.0):
+        self.server = build_server(config, engine)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="relais-in-process", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(ready_timeout_s):
+            raise TimeoutError(f"the in-process server was not ready within {ready_timeout_s:.0f} s")
+        if self._error is not None:
+            self._thread.join()
+            raise RuntimeError(f"the in-process server failed to start: {self._error}") from self._error
+
+    @property
+    def address(self) -> str:
+        host = self.server.config.server.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]", "") else host
+        return f"{host}:{self.server.port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start()
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor's thread
+            self._error = exc
+            self._ready.set()
+            await self.server.stop(0)
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.stop(0)
+
+    def close(self) -> None:
+        if self._thread.is_alive() and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> InProcessServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_in_process(config: ServerConfig | None = None, engine=None) -> InProcessServer:
+    """Start a private server (by default on 127.0.0.1, free ports) and wait until it is SERVING."""
+    if config is None:
+        config = load_config().replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0})
+    return InProcessServer(config, engine)

@@ -1,0 +1,231 @@
+"""Server settings, loaded once at start: defaults, then a YAML file, then environment.
+
+    server:   {host, port, metrics_port, max_sessions, max_session_s, drain_grace_s, worker_threads}
+    models:   {dir, precision}
+    runtime:  {providers, intra_op_threads, trt_cache_dir}
+
+Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
+``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
+(``RELAIS_EVAL_DIR``...) are ignored; an unknown key in a known section is an error.
+Every problem is a ``ValueError`` naming the key and saying what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "RELAIS_"
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
+_SECRET_HINTS = ("password", "secret", "token", "credential")
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = "0.0.0.0"
+    port: int = 50051  # 0: pick a free port
+    metrics_port: int = 9090  # 0: pick a free port
+    max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
+    max_session_s: float = 3600.0  # wall-clock limit of one stream
+    drain_grace_s: float = 30.0  # on SIGTERM, how long in-flight streams may run on
+    worker_threads: int = 0  # threads running sessions' model work; 0: one per allowed session
+
+    def validate(self) -> None:
+        _check(bool(self.host.strip()), "server.host", "must not be empty (e.g. 0.0.0.0)", self.host)
+        for key in ("port", "metrics_port"):
+            value = getattr(self, key)
+            _check(0 <= value <= 65535, f"server.{key}", "must be 0..65535 (0 picks a free port)", value)
+        _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
+        _check(self.max_session_s > 0, "server.max_session_s", "must be > 0 seconds", self.max_session_s)
+        _check(self.drain_grace_s >= 0, "server.drain_grace_s", "must be >= 0 seconds", self.drain_grace_s)
+        _check(self.worker_threads >= 0, "server.worker_threads", "must be >= 0 (0 = automatic)",
+               self.worker_threads)
+
+    @property
+    def effective_worker_threads(self) -> int:
+        return self.worker_threads or self.max_sessions
+
+
+@dataclass(frozen=True)
+class ModelsSection:
+    dir: str = ""  # "": $RELAIS_MODELS_DIR or ~/.cache/relais/models
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        _check(self.precision in PRECISIONS, "models.precision", f"must be one of {list(PRECISIONS)}",
+               self.precision)
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # tried in order; missing ones are skipped
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default
+    trt_cache_dir: str = ""
+
+    def validate(self) -> None:
+        from relais.runtime.ort import PROVIDER_ALIASES
+
+        _check(len(self.providers) > 0, "runtime.providers", "must name at least one provider (e.g. [cpu])",
+               list(self.providers))
+        unknown = [p for p in self.providers if p not in PROVIDER_ALIASES]
+        _check(not unknown, "runtime.providers", f"unknown provider(s) {unknown}; choose from "
+               f"{sorted(PROVIDER_ALIASES)}", list(self.providers))
+        _check(self.intra_op_threads >= 0, "runtime.intra_op_threads", "must be >= 0 (0 = ONNX Runtime default)",
+               self.intra_op_threads)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    server: ServerSection = field(default_factory=ServerSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+
+    def validate(self) -> ServerConfig:
+        for section in _sections(self):
+            getattr(self, section).validate()
+        return self
+
+    def replace(self, **sections: dict[str, Any]) -> ServerConfig:
+        """A copy with some keys changed: ``cfg.replace(server={"port": 0})`` (validated)."""
+        return _apply(self, {k: dict(v) for k, v in sections.items()}, origin="").validate()
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """Plain dict for the start-up log line, secrets (should any appear) masked."""
+        out: dict[str, dict[str, Any]] = {}
+        for section in _sections(self):
+            values = dataclasses.asdict(getattr(self, section))
+            out[section] = {k: ("***" if v and any(h in k for h in _SECRET_HINTS) else
+                                list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+        return out
+
+    def engine_config(self):
+        """The relais.pipeline.engine.EngineConfig these settings describe."""
+        from relais.pipeline.engine import EngineConfig
+        from relais.runtime.ort import RuntimeConfig
+
+        runtime = RuntimeConfig(providers=tuple(self.runtime.providers),
+                                intra_op_threads=self.runtime.intra_op_threads,
+                                trt_cache_dir=self.runtime.trt_cache_dir)
+        models_dir = Path(self.models.dir).expanduser() if self.models.dir else None
+        return EngineConfig(models_dir=models_dir, precision=self.models.precision, runtime=runtime)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``RELAIS_*`` variables of ``env``."""
+    cfg = ServerConfig()
+    if path is not None:
+        cfg = _apply(cfg, _read_yaml(Path(path)), origin=f"{path}: ")
+    env = os.environ if env is None else env
+    cfg = _apply(cfg, _env_overrides(cfg, env), origin="environment: ")
+    return cfg.validate()
+
+
+# --- internals -----------------------------------------------------------------------------------
+
+def _check(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key}: {rule}, got {value!r}")
+
+
+def _sections(cfg: ServerConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cfg)]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ValueError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: top level must be a mapping of sections "
+                         f"(server, models, runtime), got {type(data).__name__}")
+    return data
+
+
+def _env_overrides(cfg: ServerConfig, env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    sections = _sections(cfg)
+    out: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if section not in sections:
+            continue  # someone else's variable (RELAIS_EVAL_DIR, RELAIS_TEST_...)
+        if not key:
+            raise ValueError(f"{name}: name a key, e.g. {ENV_PREFIX}{section.upper()}_<KEY>")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _apply(cfg: ServerConfig, data: dict[str, Any], origin: str) -> ServerConfig:
+    sections = _sections(cfg)
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ValueError(f"{origin}unknown section(s) {unknown}; known sections are {sections}")
+    changes = {}
+    for section, values in data.items():
+        current = getattr(cfg, section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ValueError(f"{origin}{section}: must be a mapping of keys, got {type(values).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        bad = sorted(set(values) - set(fields))
+        if bad:
+            raise ValueError(f"{origin}unknown key(s) {[f'{section}.{k}' for k in bad]}; "
+                             f"known keys of {section} are {sorted(fields)}")
+        typed = {k: _coerce(f"{section}.{k}", v, type(getattr(current, k))) for k, v in values.items()}
+        changes[section] = dataclasses.replace(current, **typed)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a YAML or environment value to the field's type, or explain the mismatch."""
+    if kind is tuple:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{key}: must be a list of names (or a comma-separated string), got {value!r}")
+        return tuple(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"{key}: must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: must be a number, got {value!r}")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{key}: must be a string, got {value!r}")
+    raise TypeError(f"{key}: unsupported field type {kind}")  # a bug in this module, not in the config

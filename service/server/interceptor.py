@@ -1,0 +1,108 @@
+"""The one place where Python exceptions become gRPC status codes.
+
+Handlers raise; this grpc.aio server interceptor turns what escapes them into a
+status:
+
+    ValueError (incl. InvalidRequest)  -> INVALID_ARGUMENT  (message passed through)
+    ResourceExhausted                  -> RESOURCE_EXHAUSTED
+    Unavailable (warming, draining)    -> UNAVAILABLE
+    anything else                      -> INTERNAL, "internal error; see server logs, request id X"
+                                          (traceback logged under that id)
+
+and counts each in ``relais_errors_total{code}``. Cancellation (the client went away)
+and aborts a handler made itself pass through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc import aio
+
+log = logging.getLogger(__name__)
+
+
+class InvalidRequest(ValueError):
+    """The client sent something we cannot serve; the message says what to fix."""
+
+
+class ResourceExhausted(Exception):
+    """A limit was reached (concurrent sessions, session duration)."""
+
+
+class Unavailable(Exception):
+    """The server cannot take work right now (warming up, draining); retry elsewhere or later."""
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message for an exception (INTERNAL gets a placeholder)."""
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc) or "invalid request"
+    if isinstance(exc, ResourceExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) or "resource exhausted"
+    if isinstance(exc, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc) or "unavailable"
+    return grpc.StatusCode.INTERNAL, ""
+
+
+class ErrorMappingInterceptor(aio.ServerInterceptor):
+    """Wraps every handler (unary or streaming, coroutine or async generator)."""
+
+    def __init__(self, on_error: Callable[[str], None] | None = None):
+        self._on_error = on_error  # called with the status code name, e.g. "INVALID_ARGUMENT"
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable],
+                                handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        kinds = {
+            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        }
+        attr, factory = kinds[(handler.request_streaming, handler.response_streaming)]
+        behaviour = getattr(handler, attr)
+        return factory(self._wrap(behaviour, method),
+                       request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+    def _wrap(self, behaviour, method: str):
+        if inspect.isasyncgenfunction(behaviour):
+            async def stream_wrapper(request, context):
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except Exception as exc:  # noqa: BLE001 - mapped below
+                    await self._abort(exc, context, method)
+            return stream_wrapper
+
+        async def call_wrapper(request, context):
+            try:
+                result = behaviour(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except Exception as exc:  # noqa: BLE001 - mapped below
+                await self._abort(exc, context, method)
+        return call_wrapper
+
+    async def _abort(self, exc: Exception, context: aio.ServicerContext, method: str):
+        if isinstance(exc, aio.AbortError):
+            raise exc  # the handler aborted with its own status
+        code, message = status_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            request_id = uuid.uuid4().hex[:12]
+            log.error("%s failed (request id %s)", method, request_id, exc_info=exc)
+            message = f"internal error; see server logs, request id {request_id}"
+        else:
+            log.info("%s -> %s: %s", method, code.name, message)
+        if self._on_error is not None:
+            self._on_error(code.name)
+        await context.abort(code, message)
