@@ -137,9 +137,13 @@ class WhisperModel:
         return logits, self_k, self_v
 
     def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
-               forced: list[int] | None = None, stop_on_repeat: bool = True) -> DecodeResult:
+               forced: list[int] | None = None, stop_on_repeat: bool = True,
+               at_start: bool = True, history: list[int] | None = None) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
-        (their log-probs are still recorded), which lets a policy re-check a prefix cheaply."""
+        (their log-probs are still recorded). ``at_start`` applies Whisper's first-token
+        suppression (blank, end-of-text); pass False when the prompt already ends with
+        committed text tokens; ``history`` (those committed tokens) lets the loop guard
+        catch output that repeats text already committed."""
         limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
         max_new = min(max_new_tokens or limit, limit)
         self_k, self_v = self.empty_cache()
@@ -151,7 +155,7 @@ class WhisperModel:
         while len(out) < max_new:
             scores = logits[0].astype(np.float64)
             scores[self.suppress] = -np.inf
-            if not out:
+            if not out and at_start:
                 scores[self.suppress_begin] = -np.inf
             token = forced[len(out)] if len(out) < len(forced) else int(np.argmax(scores))
             m = scores.max()
@@ -160,8 +164,8 @@ class WhisperModel:
                 ended = True
                 break
             out.append(token)
-            if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail(out)):
-                del out[-span:]
+            if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail((history or []) + out)):
+                del out[-min(span, len(out)):]
                 logprobs = logprobs[: len(out)]
                 log.debug("repetition loop cut (%d tokens repeated)", span)
                 break

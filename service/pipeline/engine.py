@@ -1,0 +1,204 @@
+"""The translation engine: the shared, immutable models every stream uses.
+
+One instance per server. It loads the model set once (Whisper, Silero VAD, Piper
+voices), validates stream settings into a ``SessionConfig`` and creates per-stream
+``StreamingSession`` objects. Model calls report their duration to
+``stage_observer`` (the server turns that into Prometheus histograms).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from relais.models.manifest import ModelEntry, load_model_set
+from relais.runtime.ort import RuntimeConfig
+from relais.runtime.tts import PiperTts
+from relais.runtime.vad import SileroVad, VadConfig
+from relais.runtime.whisper import WhisperModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """The latency/quality knob: how often the policy decides and how long phrases get."""
+
+    name: str
+    step_s: float  # decode a new hypothesis every step_s of source audio
+    agreement: int  # LocalAgreement-n
+    phrase_max_words: int  # speak once this many committed words wait (0: sentence ends only)
+
+
+LATENCY_PROFILES = {
+    "low": LatencyProfile("low", step_s=0.5, agreement=2, phrase_max_words=4),
+    "balanced": LatencyProfile("balanced", step_s=1.0, agreement=2, phrase_max_words=6),
+    "quality": LatencyProfile("quality", step_s=2.0, agreement=2, phrase_max_words=0),
+}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    models_dir: Path | None = None  # default: $RELAIS_MODELS_DIR or ~/.cache/relais/models
+    precision: str = "auto"  # auto: fp16 on GPU if exported, int8 on CPU if exported, else fp32
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    asr_model: str = "whisper-base"
+    # VAD for segmenting speech into utterances: a pause of min_silence_ms ends one.
+    vad: VadConfig = field(default_factory=lambda: VadConfig(min_silence_ms=500, speech_pad_ms=200))
+    max_utterance_s: float = 15.0  # a longer run of speech is cut (bounded cost per step)
+    encoder_pad_s: float = 1.0  # silence appended to the audio the encoder sees
+    context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "fp16", "int8"):
+            raise ValueError(f"models.precision must be auto, fp32, fp16 or int8, got {self.precision!r}")
+        if not 2.0 <= self.max_utterance_s <= 28.0:
+            raise ValueError(f"max_utterance_s must be within 2..28 s (Whisper sees 30 s), got {self.max_utterance_s}")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    source_language: str | None  # None: detect
+    target_language: str
+    task: str  # "translate" (to English) or "transcribe" (same language)
+    voice: str
+    voice_sample_rate_hz: int
+    return_text: bool
+    return_audio: bool
+    latency: LatencyProfile
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    name: str
+    language: str
+    sample_rate_hz: int
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    source_languages: list[str]
+    target_languages: list[str]
+    voices: list[VoiceInfo]
+    models: list[ModelEntry]
+    execution_provider: str
+
+
+def _pick_precision(requested: str, available: list[str], providers: tuple[str, ...]) -> str:
+    if requested != "auto":
+        if requested not in available:
+            raise ValueError(f"precision {requested!r} was not exported for this model; have {available} "
+                             f"(re-run `relais models prepare --precision {requested}`)")
+        return requested
+    import onnxruntime as ort
+
+    gpu = any(p in ("cuda", "tensorrt") for p in providers) and "CUDAExecutionProvider" in ort.get_available_providers()
+    for choice in (("fp16", "fp32") if gpu else ("int8", "fp32")):
+        if choice in available:
+            return choice
+    return available[0]
+
+
+class TranslationEngine:
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        start = time.monotonic()
+        self.model_set = load_model_set(self.config.models_dir)
+        entry = self.model_set.get(self.config.asr_model)
+        precision = _pick_precision(self.config.precision, entry.facts.get("precisions", ["fp32"]),
+                                    self.config.runtime.providers)
+        self.whisper = WhisperModel(self.model_set.path(entry.name), precision, self.config.runtime)
+        vad_entry = self.model_set.by_task("vad")[0]
+        self.vad = SileroVad(self.model_set.path(vad_entry.name), self.config.vad)
+        self.voices: dict[str, PiperTts] = {}
+        self.voice_info: dict[str, VoiceInfo] = {}
+        for v in self.model_set.by_task("tts"):
+            tts = PiperTts(self.model_set.path(v.name), runtime=self.config.runtime)
+            self.voices[tts.name] = tts
+            self.voice_info[tts.name] = VoiceInfo(tts.name, (v.languages or ["?"])[0], tts.sample_rate_hz)
+        self.stage_observer: Callable[[str, float], None] | None = None
+        self.load_s = time.monotonic() - start
+        log.info("engine ready: %s/%s on %s, voices %s (%.1f s)", entry.name, precision,
+                 self.whisper.provider, sorted(self.voices), self.load_s)
+
+    # -- facts ------------------------------------------------------------------
+    @property
+    def execution_provider(self) -> str:
+        return self.whisper.provider
+
+    def source_languages(self) -> list[str]:
+        return sorted(self.whisper.lang_ids) if self.whisper.multilingual else ["en"]
+
+    def target_languages(self) -> list[str]:
+        spoken = {i.language for i in self.voice_info.values()}
+        return sorted(spoken & ({"en"} | set(self.source_languages())))
+
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(self.source_languages(), self.target_languages(),
+                                  sorted(self.voice_info.values(), key=lambda v: v.name),
+                                  list(self.model_set.models.values()), self.execution_provider)
+
+    def observe(self, stage: str, seconds: float) -> None:
+        if self.stage_observer is not None:
+            self.stage_observer(stage, seconds)
+
+    # -- sessions ---------------------------------------------------------------
+    def session_config(self, *, source_language: str = "", target_language: str = "", voice: str = "",
+                       latency_mode: str = "balanced", return_text: bool = True,
+                       return_audio: bool = True) -> SessionConfig:
+        source = (source_language or "").strip().lower() or None
+        if source == "auto":
+            source = None
+        target = (target_language or "").strip().lower()
+        if not target:
+            raise ValueError("target_language is required (e.g. \"en\")")
+        if source is not None and source not in self.source_languages():
+            raise ValueError(f"source_language {source!r} is not supported; use one of "
+                             f"{', '.join(self.source_languages())} or \"auto\"")
+        if target == "en":
+            task = "transcribe" if source == "en" else "translate"
+        elif target == source:
+            task = "transcribe"
+        else:
+            raise ValueError(f"target_language {target!r} is not supported for source {source or 'auto'!r}: "
+                             f"this model set translates any of its source languages to \"en\" "
+                             f"(or transcribes a language into itself when a voice for it exists)")
+        if latency_mode not in LATENCY_PROFILES:
+            raise ValueError(f"latency_mode {latency_mode!r} unknown; use one of {sorted(LATENCY_PROFILES)}")
+        voice = voice or self._default_voice(target)
+        if voice not in self.voice_info:
+            raise ValueError(f"voice {voice!r} not found; available voices: {', '.join(sorted(self.voice_info)) or 'none'}")
+        if return_audio and self.voice_info[voice].language != target:
+            raise ValueError(f"voice {voice!r} speaks {self.voice_info[voice].language!r}, not {target!r}")
+        if not (return_text or return_audio):
+            raise ValueError("return_text and return_audio are both false: the stream would return nothing")
+        return SessionConfig(source, target, task, voice, self.voice_info[voice].sample_rate_hz,
+                             return_text, return_audio, LATENCY_PROFILES[latency_mode])
+
+    def _default_voice(self, language: str) -> str:
+        for name, info in sorted(self.voice_info.items()):
+            if info.language == language:
+                return name
+        raise ValueError(f"no voice speaks {language!r}; available: "
+                         f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
+
+    def new_session(self, cfg: SessionConfig):
+        from relais.pipeline.session import StreamingSession
+
+        return StreamingSession(self, cfg)
+
+    def warm_up(self) -> None:
+        """One pass through every model so the first stream pays no start-up cost."""
+        start = time.monotonic()
+        noise = (np.random.default_rng(0).standard_normal(16000) * 0.01).astype(np.float32)
+        self.vad.speech_segments(noise)
+        enc = self.whisper.encode(noise, pad_to_s=None)
+        self.whisper.greedy(enc, self.whisper.prompt("transcribe", "en"), max_new_tokens=2)
+        for tts in self.voices.values():
+            tts.synthesize("Ready.")
+        log.info("warm-up done in %.2f s", time.monotonic() - start)
