@@ -176,6 +176,13 @@ def test_warming_server_is_not_serving_and_refuses_streams():
     async def main():
         server = build_server(config, engine=engine)
         starting = asyncio.create_task(server.start())
+        try:
+            return await exercise(server, starting)
+        finally:
+            engine.release.set()
+            await server.stop(0)
+
+    async def exercise(server, starting):
         while server.port is None or server.metrics_port is None:
             await asyncio.sleep(0.01)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -189,7 +196,6 @@ def test_warming_server_is_not_serving_and_refuses_streams():
             engine.release.set()
             await starting
             after = (await health.Check(health_pb2.HealthCheckRequest())).status
-        await server.stop(0)
         return before, err.value, after, server.metrics.exposition().decode()
 
     before, err, after, text = asyncio.run(main())
@@ -198,3 +204,235 @@ def test_warming_server_is_not_serving_and_refuses_streams():
     assert after == health_pb2.HealthCheckResponse.SERVING
     assert 'relais_sessions_total{outcome="rejected"} 1.0' in text
     assert 'relais_execution_provider_info{provider="cpu"} 1.0' in text
+
+
+# --- servicer mapping and drain with a fake engine (no models) -----------------------------------
+
+class _FakeSession:
+    """Echoes: one final translation per push, one spoken phrase at the end."""
+
+    def __init__(self, cfg, gate: threading.Event | None):
+        from relais.pipeline.events import SessionStats
+
+        self.cfg, self.stats, self.gate, self.received_s = cfg, SessionStats(), gate, 0.0
+
+    def push_audio(self, audio):
+        from relais.pipeline.events import TextKind, TextSegment
+
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        start, self.received_s = self.received_s, self.received_s + len(audio) / 16000
+        self.stats.audio_in_s = self.received_s
+        self.stats.speech_onset_s = 0.0
+        self.stats.translation += "hello "
+        return [TextSegment(TextKind.TRANSLATION_FINAL, "hello", "en", start, self.received_s, self.received_s)]
+
+    def finish(self):
+        from relais.pipeline.events import SpeechSegment
+
+        self.stats.audio_out_s = 0.5
+        return [SpeechSegment(np.full(11025, 0.25, np.float32), 22050, "hello", 0.0, self.received_s,
+                              self.received_s)]
+
+
+class _FakeEngine(_BlockingEngine):
+    def __init__(self):
+        super().__init__()
+        self.release.set()
+        self.push_gate: threading.Event | None = None
+
+    def session_config(self, *, source_language, target_language, voice, latency_mode, return_text, return_audio):
+        from types import SimpleNamespace
+
+        if target_language != "en":
+            raise ValueError(f"target_language {target_language!r} is not supported")
+        return SimpleNamespace(source_language=None, target_language="en", task="translate", voice="fake",
+                               voice_sample_rate_hz=22050)
+
+    def new_session(self, cfg):
+        return _FakeSession(cfg, self.push_gate)
+
+
+def _pcm_requests(seconds: float, chunks: int, **config):
+    yield pb.TranslateRequest(config=pb.StreamConfig(
+        target_language="en", input_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000), **config))
+    for _ in range(chunks):
+        yield pb.TranslateRequest(audio=pb.AudioChunk(data=bytes(int(32000 * seconds / chunks))))
+
+
+def test_fake_session_events_map_to_responses_and_drain_lets_streams_finish():
+    engine = _FakeEngine()
+
+    async def main():
+        server = build_server(ServerConfig().replace(server=LOCAL), engine=engine)
+        await server.start()
+        try:
+            return await exercise(server)
+        finally:
+            await server.stop(0)
+
+    async def exercise(server):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.SpeechTranslatorStub(channel)
+            plain = [r async for r in stub.Translate(_pcm_requests(1.0, 2, output_format=pb.AudioFormat(
+                encoding=pb.PCM_F32LE, sample_rate_hz=44100)))]
+            no_text = [r async for r in stub.Translate(_pcm_requests(0.5, 1, return_text=False))]
+            engine.push_gate = threading.Event()  # the next stream blocks inside push_audio
+            in_flight = stub.Translate(_pcm_requests(0.5, 1))
+            assert (await in_flight.read()).HasField("started")
+            while not server.gate.active:
+                await asyncio.sleep(0.01)
+            stopping = asyncio.create_task(server.stop(grace=20))
+            while server.gate.phase != "draining":
+                await asyncio.sleep(0.01)
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [r async for r in stub.Translate(_pcm_requests(0.1, 1))]
+            engine.push_gate.set()
+            drained = []
+            while (response := await in_flight.read()) is not grpc.aio.EOF:
+                drained.append(response)
+            await stopping
+        return plain, no_text, health.status, refused.value, drained, server.metrics.exposition().decode()
+
+    plain, no_text, health, refused, drained, text = asyncio.run(main())
+    kinds = [r.WhichOneof("event") for r in plain]
+    assert kinds[0] == "started" and kinds[-1] == "summary" and kinds.count("audio") == 1
+    started = plain[0].started
+    assert (started.task, started.voice, started.output_format.sample_rate_hz) == ("translate", "fake", 44100)
+    audio = next(r.audio for r in plain if r.HasField("audio"))
+    assert audio.sample_rate_hz == 44100 and abs(len(audio.data) / 4 - 22050) <= 2
+    np.testing.assert_allclose(np.frombuffer(audio.data, "<f4")[1000:2000], 0.25, atol=0.01)
+    texts = [r.text for r in plain if r.HasField("text")]
+    assert texts and all(t.kind == pb.TextEvent.TRANSLATION_FINAL and t.emitted.wall_s >= 0 for t in texts)
+    summary = plain[-1].summary
+    assert summary.audio_in_s == pytest.approx(1.0) and summary.translation.startswith("hello")
+    assert summary.first_audio_latency_s >= summary.first_text_latency_s >= 0
+    assert not any(r.HasField("text") for r in no_text) and no_text[-1].HasField("summary")
+    assert health == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.details()
+    assert drained[-1].HasField("summary")
+    assert 'relais_sessions_total{outcome="ok"} 3.0' in text and "relais_sessions_active 0.0" in text
+    assert 'relais_audio_seconds_total{direction="in"} 2.0' in text
+
+
+# --- the real engine (prepared model set, one load for the module) -------------------------------
+
+@pytest.fixture(scope="module")
+def live(model_set):
+    pytest.importorskip("relais.pipeline.engine")
+    config = ServerConfig().replace(server={**LOCAL, "max_sessions": 1}, models={"dir": str(model_set.root)},
+                                    runtime={"providers": ["cpu"]})
+    handle = start_in_process(config)
+    channel = grpc.insecure_channel(handle.address)
+    yield handle, channel, pb_grpc.SpeechTranslatorStub(channel)
+    channel.close()
+    handle.close()
+
+
+def _scrape(handle) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{handle.server.metrics_port}/metrics", timeout=10).read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    line = next(line for line in text.splitlines() if line.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+def test_live_health_reflection_and_capabilities(live):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    handle, channel, stub = live
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="relais.v1.SpeechTranslator"))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"relais.v1.SpeechTranslator", "grpc.health.v1.Health"} <= services
+    caps = stub.ListCapabilities(pb.ListCapabilitiesRequest())
+    assert "fr" in caps.source_languages and "en" in caps.target_languages
+    assert caps.voices and caps.execution_provider == "cpu" and {m.name for m in caps.models} >= {"whisper-base"}
+    assert _metric(_scrape(handle), "relais_model_load_seconds") > 0
+
+
+PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
+
+
+@pytest.mark.parametrize("first, message", [
+    (pb.StreamConfig(source_language="fr", input_format=PCM16K), "target_language is required"),
+    (pb.StreamConfig(target_language="xx", input_format=PCM16K), "target_language 'xx' is not supported"),
+    (pb.StreamConfig(source_language="xx", target_language="en", input_format=PCM16K),
+     "source_language 'xx' is not supported"),
+    (pb.AudioChunk(data=b"\0\0"), "the first request must carry a StreamConfig"),
+    (pb.StreamConfig(target_language="en", input_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=1000)),
+     "sample rate 1000 Hz is outside 8000..192000"),
+    (pb.StreamConfig(target_language="en", input_format=pb.AudioFormat(encoding=pb.PCM_F32LE)),
+     "input_format.sample_rate_hz is required for PCM_F32LE"),
+    (pb.StreamConfig(target_language="en", voice="nobody", input_format=PCM16K), "voice 'nobody' not found"),
+])
+def test_live_bad_config_is_invalid_argument(live, first, message):
+    _, _, stub = live
+    request = pb.TranslateRequest(config=first) if isinstance(first, pb.StreamConfig) else pb.TranslateRequest(audio=first)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Translate(iter([request])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+def test_live_translates_french_speech(live):
+    handle, _, stub = live
+    data = SAMPLE_FR.read_bytes()
+    before = _scrape(handle)
+
+    def requests():
+        yield pb.TranslateRequest(config=pb.StreamConfig(
+            source_language="fr", target_language="en", input_format=pb.AudioFormat(encoding=pb.WAV),
+            output_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000), client_id="test"))
+        for i in range(0, len(data), 12345):  # odd-sized chunks, header split
+            yield pb.TranslateRequest(audio=pb.AudioChunk(data=data[i:i + 12345]))
+
+    responses = list(stub.Translate(requests(), timeout=120))
+    started, summary = responses[0].started, responses[-1].summary
+    assert (started.task, started.target_language, started.output_format.sample_rate_hz) == ("translate", "en", 16000)
+    audio = [r.audio for r in responses if r.HasField("audio")]
+    assert audio and all(a.sample_rate_hz == 16000 and len(a.data) % 2 == 0 for a in audio)
+    assert audio[-1].output_start_s > 0
+    finals = "".join(r.text.text for r in responses if r.HasField("text")
+                     and r.text.kind == pb.TextEvent.TRANSLATION_FINAL)
+    assert len(summary.translation.split()) >= 5
+    assert finals.replace(" ", "") == summary.translation.replace(" ", "")  # the finals add up to the translation
+    info = sf.info(io.BytesIO(data))
+    assert summary.audio_in_s == pytest.approx(info.duration, abs=0.05)
+    assert summary.first_text_latency_s > 0 and summary.real_time_factor > 0 and summary.audio_out_s > 0
+    after = _scrape(handle)
+    ok = 'relais_sessions_total{outcome="ok"}'
+    assert _metric(after, ok) == _metric(before, ok) + 1
+    assert _metric(after, 'relais_audio_seconds_total{direction="out"}') > 0
+
+
+def test_live_second_stream_refused_and_disconnect_frees_the_slot(live):
+    handle, _, stub = live
+    hold = threading.Event()
+
+    def held_requests():
+        yield pb.TranslateRequest(config=pb.StreamConfig(target_language="en", input_format=PCM16K))
+        yield pb.TranslateRequest(audio=pb.AudioChunk(data=bytes(32000)))
+        hold.wait(60)  # keep the stream open until the test hangs up
+
+    first = stub.Translate(held_requests())
+    try:
+        assert next(first).HasField("started")
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Translate(iter([pb.TranslateRequest(config=pb.StreamConfig(
+                target_language="en", input_format=PCM16K))])))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_sessions" in err.value.details()
+    finally:
+        first.cancel()  # the client goes away mid-stream
+        hold.set()
+    deadline = time.monotonic() + 20
+    while _metric(_scrape(handle), "relais_sessions_active") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = _scrape(handle)
+    assert _metric(text, "relais_sessions_active") == 0
+    assert _metric(text, 'relais_sessions_total{outcome="cancelled"}') >= 1
+    assert _metric(text, 'relais_sessions_total{outcome="rejected"}') >= 1
