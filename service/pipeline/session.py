@@ -27,6 +27,7 @@ from relais.pipeline.policy import LocalAgreementPolicy
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"[.!?;:…](?:[\"')\]]*)\s*$")
+LANGUAGE_DETECT_MIN_S = 3.0  # auto-detect the source language on at least this much speech
 CLAUSE_END = re.compile(r"[,.!?;:…](?:[\"')\]]*)\s*$")
 
 
@@ -137,10 +138,12 @@ class StreamingSession:
         start = self._utt.start - self._audio_start
         return self._audio[max(start, 0): end - self._audio_start]
 
-    def _decode(self, end: int):
+    def _decode(self, end: int, final: bool = False):
         audio = self._segment(end)
         if len(audio) < self.window:
             return None
+        if self.language is None and not final and len(audio) < LANGUAGE_DETECT_MIN_S * self.sample_rate_hz:
+            return None  # too little speech to tell the language reliably: wait
         pad = len(audio) / self.sample_rate_hz + self.engine.config.encoder_pad_s
         enc = self._timed("encoder", self.whisper.encode, audio, pad)
         if self.language is None:
@@ -166,7 +169,7 @@ class StreamingSession:
         return events + self._speak(final=False)
 
     def _end_utterance(self, end: int) -> list[PipelineEvent]:
-        result = self._decode(end)
+        result = self._decode(end, final=True)
         new = self.policy.flush(self.policy_state, result.tokens if result else [])
         events = self._commit(new, end)
         self.context = (self.context + self.policy_state.committed)[-self.engine.config.context_tokens:]
