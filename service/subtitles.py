@@ -74,6 +74,21 @@ def wrap_lines(text: str, max_chars: int = MAX_CHARS_PER_LINE) -> list[str]:
     return lines
 
 
+def balance_lines(text: str, max_chars: int = MAX_CHARS_PER_LINE) -> list[str]:
+    """Wrap like :func:`wrap_lines`, but a two-line result is split where the longer line is shortest."""
+    lines = wrap_lines(text, max_chars)
+    if len(lines) != 2:
+        return lines
+    words = " ".join(lines).split()
+    best = lines
+    for i in range(1, len(words)):
+        first, second = " ".join(words[:i]), " ".join(words[i:])
+        if len(first) <= max_chars and len(second) <= max_chars and \
+                max(len(first), len(second)) < max(len(line) for line in best):
+            best = [first, second]
+    return best
+
+
 def split_cue(start_s: float, end_s: float, text: str, max_chars: int = MAX_CHARS_PER_LINE,
               max_lines: int = MAX_LINES_PER_CUE) -> list[Cue]:
     """One span of text as one or more cues of at most ``max_lines`` wrapped lines each."""
@@ -82,7 +97,8 @@ def split_cue(start_s: float, end_s: float, text: str, max_chars: int = MAX_CHAR
     lines = wrap_lines(text, max_chars)
     if not lines:
         return []
-    groups = [lines[i:i + max_lines] for i in range(0, len(lines), max_lines)]
+    groups = [balance_lines(" ".join(lines[i:i + max_lines]), max_chars)
+              for i in range(0, len(lines), max_lines)]
     weights = [sum(len(line) for line in group) for group in groups]
     total = sum(weights)
     duration_s = max(0.0, end_s - start_s)
@@ -137,3 +153,14 @@ def parse_vtt(document: str) -> list[Cue]:
         end = rest.split()[0] if rest.split() else ""
         cues.append(Cue(parse_timestamp(start), parse_timestamp(end), "\n".join(rows[timing + 1:])))
     return cues
+
+
+def merge_spans(spans: Iterable[tuple[float, float, str]], gap_s: float = 0.002) -> list[tuple[float, float, str]]:
+    """Join consecutive spans that carry the same text and touch (one phrase sent as several chunks)."""
+    merged: list[tuple[float, float, str]] = []
+    for start_s, end_s, text in spans:
+        if merged and merged[-1][2] == text and abs(start_s - merged[-1][1]) <= gap_s:
+            merged[-1] = (merged[-1][0], end_s, text)
+        else:
+            merged.append((start_s, end_s, text))
+    return merged
