@@ -38,6 +38,10 @@ TEXT_KINDS = {TextKind.SOURCE_PARTIAL: pb.TextEvent.SOURCE_PARTIAL, TextKind.SOU
 _END = object()
 
 
+class _ClientGone(Exception):
+    """The client cancelled or disconnected: nothing more can be sent, and it is not a server error."""
+
+
 @dataclass
 class Gate:
     """What the server may do now; the app flips it (warming -> serving -> draining)."""
@@ -72,7 +76,8 @@ class _Timeline:
     arrivals_wall: list[float] = field(default_factory=list)
     first_final_wall: dict[TextKind, float] = field(default_factory=dict)
     final_lags_s: dict[TextKind, list[float]] = field(default_factory=dict)
-    first_speech_wall: float | None = None
+    first_speech_wall: float | None = None  # when the audio at the speech onset arrived
+    first_audio_out_wall: float | None = None
     compute_s: float = 0.0
 
     def arrived(self, source_s: float, wall: float) -> None:
@@ -125,6 +130,9 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
             self.metrics.sessions_active.inc()
             await self._run(engine, plan, first.config, request_iterator, context, deadline)
             outcome = "ok"
+        except _ClientGone:
+            outcome = "cancelled"  # the RPC is already over: nothing to report to anyone
+            log.info("client went away mid-stream; session dropped")
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -143,7 +151,7 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
         session_id = uuid.uuid4().hex[:16]
         log.info("session %s started: %s -> %s (%s), client %r", session_id, plan.session_cfg.source_language or "auto",
                  plan.session_cfg.target_language, plan.session_cfg.task, config.client_id)
-        await context.write(pb.TranslateResponse(started=_started(session_id, engine, plan)))
+        await _write(context, pb.TranslateResponse(started=_started(session_id, engine, plan)))
         timeline, queue = _Timeline(), asyncio.Queue()
         reader = asyncio.create_task(_read_audio(request_iterator, plan.decoder, timeline, queue))
         try:
@@ -161,9 +169,11 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
                     audio.append(plan.decoder.flush())
                 if audio:
                     await self._push(session, np.concatenate(audio), plan, timeline, context)
+            if context.cancelled():  # a cancelled call also ends the request stream
+                raise _ClientGone()
             await self._call(session.finish, None, plan, timeline, context, session)
             summary = self._summary(session, plan, timeline)
-            await context.write(pb.TranslateResponse(summary=summary))
+            await _write(context, pb.TranslateResponse(summary=summary))
             log.info("session %s done: %.1f s in, %.1f s out, rtf %.2f", session_id, summary.audio_in_s,
                      summary.audio_out_s, summary.real_time_factor)
         finally:
@@ -184,7 +194,7 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
         for event in events:
             response = self._respond(event, plan, timeline, now)
             if response is not None:
-                await context.write(response)
+                await _write(context, response)
 
     def _respond(self, event, plan: _Plan, timeline: _Timeline, now: float) -> pb.TranslateResponse | None:
         emitted = timeline.emission(now, event.source_received_s)
@@ -198,7 +208,8 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
             return pb.TranslateResponse(text=pb.TextEvent(kind=TEXT_KINDS[event.kind], text=event.text,
                                                           language=event.language, source_span=span, emitted=emitted))
         if isinstance(event, SpeechSegment):
-            timeline.first_final_wall.setdefault("audio", now)
+            if timeline.first_audio_out_wall is None:
+                timeline.first_audio_out_wall = now
             self.metrics.audio_seconds_total.labels(direction="out").inc(event.duration_s)
             if not plan.return_audio:
                 return None
@@ -216,7 +227,7 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
         out_kind = TextKind.TRANSLATION_FINAL if TextKind.TRANSLATION_FINAL in timeline.first_final_wall \
             else TextKind.SOURCE_FINAL
         first_text = _since(onset, timeline.first_final_wall.get(out_kind))
-        first_audio = _since(onset, timeline.first_final_wall.get("audio"))
+        first_audio = _since(onset, timeline.first_audio_out_wall)
         lags = timeline.final_lags_s.get(out_kind, [])
         audio_in_s = stats.audio_in_s or plan.decoder.frames_in / (plan.decoder.input_rate_hz or PIPELINE_RATE_HZ)
         compute_s = stats.compute_s or timeline.compute_s
@@ -303,6 +314,16 @@ async def _read_audio(request_iterator, decoder: InputDecoder, timeline: _Timeli
         raise
     except Exception as exc:  # noqa: BLE001 - handed to the session loop, which raises it
         queue.put_nowait(exc)
+
+
+async def _write(context, response: pb.TranslateResponse) -> None:
+    """Send one response; a failed send means the call is over (the client cancelled or vanished,
+    possibly before grpc marks the context cancelled), so it is not reported as a server error."""
+    try:
+        await context.write(response)
+    except Exception as exc:  # noqa: BLE001 - grpc raises internal types (ExecuteBatchError, ...)
+        log.debug("write failed, treating the client as gone: %r", exc)
+        raise _ClientGone() from exc
 
 
 def _since(start: float | None, end: float | None) -> float | None:
