@@ -112,7 +112,7 @@ class _LiveText:
 
     def __init__(self, out=None, err=None):
         self.out, self.err = out or sys.stdout, err or sys.stderr
-        self.live = bool(getattr(err, "isatty", lambda: False)())
+        self.live = bool(getattr(self.err, "isatty", lambda: False)())
         self._shown = False
 
     def __call__(self, event) -> None:
@@ -165,7 +165,6 @@ def _translate(args) -> int:
     out_wav = args.output or Path.cwd() / f"{args.input.stem}.{args.to}.wav"
     display = _LiveText()
     server = None
-    result = None
     try:
         options.validate()
         if not args.input.is_file():

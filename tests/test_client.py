@@ -7,6 +7,7 @@ default model set.
 
 from __future__ import annotations
 
+import io
 import re
 from concurrent import futures
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from relais import cli
-from relais.client import TranslateClient, TranslateOptions, _assemble
+from relais.client import Arrival, TextReceived, TranslateClient, TranslateOptions, _assemble
 from relais.subtitles import (Cue, build_cues, format_timestamp, merge_spans, parse_timestamp, parse_vtt, render_vtt,
                               split_cue, wrap_lines)
 from relais.v1 import translator_pb2 as pb
@@ -153,6 +154,27 @@ def test_options_are_validated():
         TranslateOptions(target_language="en", speed=-1).validate()
     with pytest.raises(ValueError, match="latency_mode"):
         TranslateOptions(target_language="en", latency_mode="fast").validate()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _text(kind: str, text: str) -> TextReceived:
+    return TextReceived(kind, text, "en", 0.0, 1.0, 0.0, 0.0, Arrival(0.0, 0.0))
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_live_text_partials_on_tty_only(tty):
+    out, err = io.StringIO(), (_Tty() if tty else io.StringIO())
+    display = cli._LiveText(out, err)
+    for event in (_text("translation_partial", "he add"), _text("source_final", "il a"),
+                  _text("translation_final", "He added"), _text("translation_partial", "that")):
+        display(event)
+    display.clear()
+    assert out.getvalue() == "He added\n"
+    assert ("he add" in err.getvalue() and err.getvalue().endswith("\r\x1b[K")) if tty else err.getvalue() == ""
 
 
 def test_translate_reports_unreachable_server(tmp_path, capsys):
