@@ -343,7 +343,8 @@ def test_live_health_reflection_and_capabilities(live):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     handle, channel, stub = live
-    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="relais.v1.SpeechTranslator"))
+    status = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="relais.v1.SpeechTranslator"))
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
@@ -372,7 +373,8 @@ PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
 ])
 def test_live_bad_config_is_invalid_argument(live, first, message):
     _, _, stub = live
-    request = pb.TranslateRequest(config=first) if isinstance(first, pb.StreamConfig) else pb.TranslateRequest(audio=first)
+    is_config = isinstance(first, pb.StreamConfig)
+    request = pb.TranslateRequest(config=first) if is_config else pb.TranslateRequest(audio=first)
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Translate(iter([request])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

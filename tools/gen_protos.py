@@ -85,7 +85,8 @@ def stale_files(expected: dict[str, str]) -> list[str]:
             continue
         have = path.read_text()
         if _normalise(have) != _normalise(text):
-            diff = difflib.unified_diff(have.splitlines(), text.splitlines(), "committed", "generated", lineterm="", n=1)
+            diff = difflib.unified_diff(have.splitlines(), text.splitlines(), "committed", "generated",
+                                        lineterm="", n=1)
             problems.append(f"{path.relative_to(ROOT)} differs:\n" + "\n".join(list(diff)[:20]))
     generated_like = {p.name for p in OUT_DIR.glob("*_pb2*.py*")} if OUT_DIR.is_dir() else set()
     for extra in sorted(generated_like - set(expected)):

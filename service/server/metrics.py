@@ -31,8 +31,9 @@ class RelaisMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.sessions_active = Gauge("relais_sessions_active", "Translate streams in progress", registry=r)
-        self.sessions_total = Counter("relais_sessions_total", "Translate streams by how they ended",
-                                      ["outcome"], registry=r)
+        self.sessions_total = Counter(
+            "relais_sessions_total", "Translate streams by outcome: ok, cancelled (client left), "
+            "error (incl. bad config), rejected (busy, warming, draining)", ["outcome"], registry=r)
         self.stage_latency_seconds = Histogram("relais_stage_latency_seconds", "Duration of one model call",
                                                ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
         self.first_audio_latency_seconds = Histogram(
