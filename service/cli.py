@@ -188,6 +188,10 @@ def _translate(args) -> int:
         display.clear()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        display.clear()
+        print("interrupted", file=sys.stderr)
+        return 130
     display.clear()
     _write_outputs(result, out_wav)
     _print_summary(result, out_wav)
