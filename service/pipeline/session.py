@@ -27,6 +27,7 @@ from relais.pipeline.policy import LocalAgreementPolicy
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"[.!?;:…](?:[\"')\]]*)\s*$")
+FIRST_PHRASE_WORDS = 3  # speak the stream's first committed words once this many wait
 LANGUAGE_DETECT_MIN_S = 3.0  # auto-detect the source language on at least this much speech
 CLAUSE_END = re.compile(r"[,.!?;:…](?:[\"')\]]*)\s*$")
 
@@ -231,7 +232,9 @@ class StreamingSession:
             for i, w in enumerate(words, start=1):
                 if SENTENCE_END.search(w) or (limit and i >= 2 and CLAUSE_END.search(w)):
                     cut = i
-            if cut == 0 and limit and len(words) >= limit:
+            # The first phrase of a stream goes out early: time to first audio matters most.
+            first = FIRST_PHRASE_WORDS if self.stats.audio_out_s == 0.0 else limit
+            if cut == 0 and limit and len(words) >= first:
                 cut = len(words)
         if cut == 0:
             return []
