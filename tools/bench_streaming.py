@@ -25,14 +25,20 @@ from bench_whisper import machine  # noqa: E402
 
 from relais.client import TranslateClient, TranslateOptions
 from relais.eval.data import default_eval_dir, load_audio_16k, read_manifest
+from relais.eval.latency import average_lagging, speech_timeline, word_delays
 from relais.eval.scores import bleu
 
 
-def clip_metrics(result, duration_s: float) -> dict:
+def clip_metrics(result, duration_s: float, reference: str) -> dict:
     finals = [t for t in result.texts if t.kind == "translation_final"]
     lags = [t.arrival.arrival_s - t.source_end_s for t in finals]
+    delays = word_delays([(t.text, t.arrival.arrival_s) for t in finals])
+    speech = speech_timeline([(a.arrival.arrival_s, a.duration_s) for a in result.audio_chunks], duration_s)
     s = result.summary
     return {
+        "laal_text_s": average_lagging(delays, duration_s, len(reference.split())),
+        "start_offset_s": speech.start_offset_s,
+        "end_offset_s": speech.end_offset_s,
         "translation": result.translation,
         "first_audio_s": s.first_audio_latency_s if s else None,
         "first_audio_arrival_s": result.timings.first_audio_arrival_s,
@@ -86,12 +92,13 @@ def main() -> int:
                 for c in clips:
                     opts = TranslateOptions(target_language="en", source_language="fr", speed=args.speed,
                                             latency_mode=args.latency)
-                    per_clip.append(clip_metrics(client.translate_file(c.path, opts), c.duration_s))
+                    per_clip.append(clip_metrics(client.translate_file(c.path, opts), c.duration_s, c.reference))
                 streamed_bleu = bleu([m["translation"] for m in per_clip], refs)
                 runs.append({"bleu": streamed_bleu, "clips": per_clip})
                 print(json.dumps({"run": run, "bleu": round(streamed_bleu, 2),
                                   "first_audio_s": med([m["first_audio_s"] for m in per_clip]),
                                   "mean_lag_s": med([m["mean_lag_s"] for m in per_clip]),
+                                  "laal_s": med([m["laal_text_s"] for m in per_clip]),
                                   "rtf": med([m["rtf"] for m in per_clip])}), flush=True)
     finally:
         if server is not None:
@@ -101,7 +108,7 @@ def main() -> int:
     for i, c in enumerate(clips):
         ms = [r["clips"][i] for r in runs]
         rows.append({"id": c.id, "duration_s": c.duration_s, **{k: med([m[k] for m in ms]) for k in
-                     ("first_audio_s", "mean_lag_s", "max_lag_s", "rtf")},
+                     ("first_audio_s", "start_offset_s", "end_offset_s", "laal_text_s", "mean_lag_s", "max_lag_s", "rtf")},
                      "translation": ms[-1]["translation"], "offline": offline[i]})
     overall = {
         "streamed_bleu": med([r["bleu"] for r in runs]),
@@ -110,6 +117,8 @@ def main() -> int:
         "mean_lag_s": med([statistics.mean([m["mean_lag_s"] for m in r["clips"] if m["mean_lag_s"] is not None]) for r in runs]),
         "max_lag_s": med([max(m["max_lag_s"] for m in r["clips"] if m["max_lag_s"] is not None) for r in runs]),
         "rtf": med([statistics.mean([m["rtf"] for m in r["clips"]]) for r in runs]),
+        **{k: med([statistics.mean([m[k] for m in r["clips"]]) for r in runs])
+           for k in ("start_offset_s", "end_offset_s", "laal_text_s")},
     }
     print(json.dumps(overall))
     if args.out:
@@ -120,9 +129,16 @@ def main() -> int:
                  f"(ratio {overall['streamed_bleu'] / max(overall['offline_bleu'], 1e-9):.2f}); time to first audio "
                  f"(median over clips) {overall['first_audio_s']} s; mean output lag {overall['mean_lag_s']} s "
                  f"(max {overall['max_lag_s']} s); RTF {overall['rtf']}.", "",
-                 "| clip | dur (s) | first audio (s) | mean lag (s) | max lag (s) | RTF |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['id']} | {r['duration_s']} | {r['first_audio_s']} | {r['mean_lag_s']} | {r['max_lag_s']} | {r['rtf']} |"
-                  for r in rows]
+                 f"SimulEval-style, computation-aware (client arrival times, audio sent in real time), mean over "
+                 f"clips: StartOffset {overall['start_offset_s']} s, EndOffset {overall['end_offset_s']} s (speech "
+                 f"output), LAAL {overall['laal_text_s']} s (text output).", "",
+                 "Output lag = arrival of a final text event minus the source time at which the session committed it "
+                 "(the words were spoken before that point, so it measures compute and transport delay; LAAL and the "
+                 "offsets measure the whole delay).", "",
+                 "| clip | dur (s) | first audio from onset (s) | StartOffset (s) | EndOffset (s) | LAAL text (s) | "
+                 "mean lag (s) | max lag (s) | RTF |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['id']} | {r['duration_s']} | {r['first_audio_s']} | {r['start_offset_s']} | {r['end_offset_s']} | "
+                  f"{r['laal_text_s']} | {r['mean_lag_s']} | {r['max_lag_s']} | {r['rtf']} |" for r in rows]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
         args.out.with_suffix(".json").write_text(json.dumps({"machine": machine(), "overall": overall, "clips": rows}, indent=1))
