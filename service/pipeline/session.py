@@ -27,7 +27,7 @@ from relais.pipeline.policy import LocalAgreementPolicy
 log = logging.getLogger(__name__)
 
 SENTENCE_END = re.compile(r"[.!?;:…](?:[\"')\]]*)\s*$")
-FIRST_PHRASE_WORDS = 3  # speak the stream's first committed words once this many wait
+FIRST_PHRASE_WORDS = 1  # the stream's first committed words are spoken at once
 LANGUAGE_DETECT_MIN_S = 3.0  # auto-detect the source language on at least this much speech
 CLAUSE_END = re.compile(r"[,.!?;:…](?:[\"')\]]*)\s*$")
 
