@@ -237,6 +237,14 @@ def _print_summary(result, out_wav: Path) -> None:
           f"{out_wav.with_suffix('.vtt').name}", file=sys.stderr)
 
 
+def _eval(args) -> int:
+    """`relais eval --manifest M.tsv`: see relais.eval.command."""
+    from relais.eval.command import run
+
+    with _quiet_library_logs(args.verbose):
+        return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relais", description="Simultaneous speech-to-speech translation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -295,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sample-rate", type=int, default=0, help="output rate in Hz (default 0: the voice's rate)")
     tr.add_argument("--chunk-ms", type=int, default=100, help="audio chunk size sent (default 100 ms)")
     tr.set_defaults(func=_translate)
+
+    from relais.eval.command import add_arguments as _eval_arguments
+
+    ev = sub.add_parser("eval", help="quality and latency of simultaneous translation over a manifest (like the papers)")
+    _eval_arguments(ev)
+    ev.set_defaults(func=_eval)
     return parser
 
 

@@ -13,10 +13,23 @@ audio sent in real time) at which the client received it.
 * StartOffset: delay of the first output; EndOffset: end of the last output minus
   the source duration. For speech output each chunk is placed at
   ``max(previous end, its emission time)`` and played for its duration.
+* AP (Cho & Esipova, 2016): ``sum_i d_i / (|X| * |Y|)`` (a fraction of the source).
+* DAL (Arivazhagan et al., 2019): ``d'_1 = d_1``, ``d'_i = max(d_i, d'_{i-1} + |X|/|Y|)``,
+  ``DAL = (1/|Y|) * sum_i (d'_i - (i-1) * |X|/|Y|)`` over all output words.
+* ATD (Kano et al., 2023): the source read between successive distinct emission
+  times forms a chunk, cut into 300 ms tokens; output text words are tokens of
+  length 0, output speech is cut into 300 ms tokens played back to back from their
+  emission time. Output token ``t`` of chunk ``c`` is aligned with source token
+  ``min(t - max(0, Y_<c - X_<c), X_<=c)`` (``X_<c``: source tokens of earlier chunks);
+  ATD is the mean of (output token end - aligned source token end).
+
+Unlike SimulEval, :func:`average_lagging` does not return ``d_1`` when the first word
+comes after the whole source (it then averages over that one word, which is the same).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -56,3 +69,98 @@ def speech_timeline(chunks: list[tuple[float, float]], source_s: float, gap_tole
             gap_s += start - end
         end = start + duration
     return SpeechTimeline(chunks[0][0], end - source_s, gaps, gap_s)
+
+
+def average_proportion(delays: list[float], source_s: float) -> float:
+    """AP: mean delay as a fraction of the source duration (0 = instant, 1 = waits for everything)."""
+    if not delays or source_s <= 0:
+        return 0.0
+    return sum(delays) / (source_s * len(delays))
+
+
+def differentiable_average_lagging(delays: list[float], source_s: float) -> float:
+    """DAL: AL over every word, each word at least one "ideal word duration" after the previous one."""
+    if not delays:
+        return 0.0
+    step = source_s / len(delays)
+    total, previous = 0.0, 0.0
+    for i, d in enumerate(delays):
+        current = d if i == 0 else max(d, previous + step)
+        total += current - i * step
+        previous = current
+    return total / len(delays)
+
+
+def _split_tokens(length_s: float, token_s: float) -> list[float]:
+    n, rest = int(length_s // token_s), length_s - int(length_s // token_s) * token_s
+    return [token_s] * n + ([rest] if rest > 1e-9 else [])
+
+
+def _average_token_delay(groups: list[tuple[float, list[float]]], source_s: float, token_s: float) -> float:
+    """``groups``: (emission delay, output token lengths) per output chunk, in emission order."""
+    groups = [(d, lens) for d, lens in groups if lens]
+    if not groups:
+        return 0.0
+    src_sizes, src_end_s = [0], [0.0]  # chunk sizes (index 0: none), end time of every source token (0: start)
+    read_s = 0.0
+    for delay, _ in groups:
+        upto = min(max(delay, read_s), source_s)
+        lens = _split_tokens(upto - read_s, token_s)
+        for length in lens:
+            src_end_s.append(src_end_s[-1] + length)
+        src_sizes.append(len(lens))
+        read_s = upto
+    tgt_sizes = [0] + [len(lens) for _, lens in groups]
+    scores, t, out_end = [], 0, 0.0
+    for c, (delay, lens) in enumerate(groups, 1):
+        acc_x, acc_y = sum(src_sizes[:c]), sum(tgt_sizes[:c])
+        for length in lens:
+            t += 1
+            out_end = max(delay, out_end) + length
+            s = min(t - max(0, acc_y - acc_x), acc_x + src_sizes[c])
+            scores.append(out_end - src_end_s[max(0, s)])
+    return sum(scores) / len(scores)
+
+
+def average_token_delay_text(delays: list[float], source_s: float, token_s: float = 0.3) -> float:
+    """ATD for text output: ``delays`` one per output word (words have no duration)."""
+    groups: list[tuple[float, list[float]]] = []
+    for d in delays:
+        if groups and groups[-1][0] == d:
+            groups[-1][1].append(0.0)
+        else:
+            groups.append((d, [0.0]))
+    return _average_token_delay(groups, source_s, token_s)
+
+
+def average_token_delay_speech(chunks: list[tuple[float, float]], source_s: float, token_s: float = 0.3) -> float:
+    """ATD for speech output: ``chunks`` are (emission delay, duration) of each output audio chunk."""
+    groups: list[tuple[float, list[float]]] = []
+    for d, duration in chunks:
+        if groups and groups[-1][0] == d:
+            total = sum(groups[-1][1]) + duration
+            groups[-1] = (d, _split_tokens(total, token_s))
+        else:
+            groups.append((d, _split_tokens(duration, token_s)))
+    return _average_token_delay(groups, source_s, token_s)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def linear_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (e.g. lag drift, seconds of lag per second of source)."""
+    if len(xs) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var

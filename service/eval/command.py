@@ -1,0 +1,200 @@
+"""``relais eval``: quality and latency of a Relais deployment, measured like the papers.
+
+    relais eval --manifest ../shared/eval/fr_en_dev/manifest.tsv --out eval-out        # in-process server
+    relais eval --manifest M.tsv --server host:50051 --metrics-url http://host:9090/metrics --mode simulated
+    relais eval --manifest M.tsv --concurrency 1,2,4 --lag-bound-s 3       # lag / RTF vs simultaneous streams
+    relais eval --manifest ../shared/eval/fr_longform/manifest.tsv --longform  # lag drift, memory over time
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", type=Path, required=True,
+                   help="TSV: id, path, duration_s, [source text], [reference translation]")
+    p.add_argument("--server", help="HOST:PORT of a running server (default: start one in this process)")
+    p.add_argument("--metrics-url", help="its Prometheus endpoint (e.g. http://host:9090/metrics), to compare "
+                                         "the server's histograms with the client's figures")
+    p.add_argument("--server-pid", type=int, help="pid of a server on this machine, to sample its memory")
+    p.add_argument("--mode", choices=["realtime", "simulated"], default="realtime",
+                   help="realtime: audio at 1x, client arrival times (computation-aware); simulated: as fast as "
+                        "possible, server source-time stamps (computation-unaware)")
+    p.add_argument("--concurrency", default="1",
+                   help="simultaneous streams; a list (1,2,4) sweeps them (quality is scored on the first)")
+    p.add_argument("--lag-bound-s", type=float, default=3.0, help="p95 output-lag bound for the concurrency sweep")
+    p.add_argument("--out", type=Path, default=Path("eval-out"), help="results directory (default ./eval-out)")
+    p.add_argument("--models", type=Path, help="model set (in-process server, offline baseline and ASR model)")
+    p.add_argument("--asr-model", type=Path, help="exported Whisper directory for ASR-BLEU (default: the model "
+                                                  "set's whisper-base, fp32)")
+    p.add_argument("--from", dest="source", default="fr", help="source language (default fr; '' = detect)")
+    p.add_argument("--to", dest="target", default="en", help="target language (default en)")
+    p.add_argument("--latency", choices=["low", "balanced", "quality"], default="balanced")
+    p.add_argument("--limit", type=int, help="only the first N utterances")
+    p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
+    p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
+    p.add_argument("--longform", action="store_true", help="plot lag over time for every utterance")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs visible, {platform.system()} {platform.release()}"
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--concurrency must be N or a list like 1,2,4, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise ValueError(f"--concurrency values must be >= 1, got {text!r}")
+    return levels
+
+
+def run(args) -> int:
+    from relais.eval.data import read_manifest
+
+    try:
+        levels = _levels(args.concurrency)
+        utts = read_manifest(args.manifest)[: args.limit or None]
+        if not utts:
+            raise ValueError(f"{args.manifest} lists no utterances")
+        missing = [u.path for u in utts if not u.path.is_file()]
+        if missing:
+            raise ValueError(f"audio files not found: {', '.join(map(str, missing[:3]))}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = evaluate(args, utts, levels)
+    from relais.eval.report import markdown, write
+
+    written = write(results, args.out)
+    print(markdown(results))
+    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0 if results["summary"]["n_failed"] == 0 else 1
+
+
+def evaluate(args, utts, levels: list[int]) -> dict:
+    from relais.eval.measure import measure
+    from relais.eval.prometheus import compare
+    from relais.eval.report import ConcurrencyLevel, max_concurrency_under, memory_summary, summarise
+    from relais.eval.runner import MemorySampler, options_for, scrape, start_server, stream_all
+
+    need_engine = not args.no_offline and any(u.reference for u in utts)
+    if args.server is None:
+        print("starting an in-process server (loading models)...", file=sys.stderr, flush=True)
+    sut = start_server(args.server, models_dir=args.models, metrics_url=args.metrics_url,
+                       server_pid=args.server_pid, load_engine=need_engine,
+                       max_sessions=max(8, max(levels)))
+    options = options_for(args.mode, source_language=args.source, target_language=args.target,
+                          latency_mode=args.latency)
+    results: dict = {"meta": {
+        "manifest": str(args.manifest), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(), "server": args.server or f"in-process ({sut.address})", "mode": args.mode,
+        "latency_mode": args.latency, "source_language": args.source, "target_language": args.target,
+        "chunk_ms": options.chunk_ms, "longform": args.longform,
+        "command": "relais eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "relais eval",
+        "memory_source": ("RSS of this process (the in-process server, plus the eval client and models it loaded)"
+                          if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),
+        "normalisation": "Whisper English normaliser, then NFKC, lowercase, punctuation stripped; sacrebleu 13a"}}
+    try:
+        main_figs, main_batch, levels_out, memory, prom = None, None, [], [], []
+        for n in levels:
+            before = scrape(sut.metrics_url)
+            with MemorySampler(sut.pid) as sampler:
+                batch = stream_all(sut.address, utts, options, concurrency=n, mode=args.mode,
+                                   desc=f"{args.mode} x{n}")
+            after = scrape(sut.metrics_url)
+            figs = [measure(r.result, r.utterance.id, r.utterance.duration_s, args.mode,
+                            reference=r.utterance.reference, source_text=r.utterance.source_text,
+                            chunk_ms=options.chunk_ms) for r in batch.runs if r.result is not None]
+            failed = sum(r.result is None for r in batch.runs)
+            lags = [p.lag_s for f in figs for p in f.lags]
+            s = summarise(figs, failed, args.target)
+            levels_out.append(ConcurrencyLevel(n, len(figs), failed, s["lag_p50_s"], s["lag_p95_s"], s["rtf"],
+                                               s["client_wall_rtf"], s["start_offset_s"], batch.wall_s))
+            if main_figs is None:
+                main_figs, main_batch, memory = figs, batch, sampler.samples
+                client = {"output_lag": lags if args.mode == "realtime" else [],
+                          "first_audio": [f.client_first_audio_from_onset_s for f in figs
+                                          if f.client_first_audio_from_onset_s is not None]}
+                prom = [c.to_dict() for c in compare(before, after, client)]
+        recogniser = None if args.no_asr else _asr(args, main_batch, main_figs, results)
+        if need_engine:
+            results["offline"] = _offline(args, sut.engine, utts, recogniser)
+    finally:
+        sut.close()
+    results["summary"] = summarise(main_figs, sum(r.result is None for r in main_batch.runs), args.target)
+    results["summary"]["concurrency"] = levels[0]
+    results["utterances"] = [f.to_dict() for f in main_figs]
+    results["errors"] = {r.utterance.id: r.error for r in main_batch.runs if r.error}
+    if len(levels) > 1:
+        from dataclasses import asdict
+
+        results["concurrency"] = [asdict(lv) for lv in levels_out]
+        results["lag_bound_s"] = args.lag_bound_s
+        results["max_concurrency_under_bound"] = max_concurrency_under(levels_out, args.lag_bound_s)
+    results["memory"] = memory_summary(memory)
+    results["prometheus_vs_client"] = prom
+    return results
+
+
+def _asr(args, batch, figs, results):
+    from relais.eval.asr import SpeechRecogniser, default_asr_dir
+
+    recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models))
+    results["meta"]["asr_model"] = f"{recogniser.info.path} ({recogniser.info.precision})"
+    by_id = {r.utterance.id: r.result for r in batch.runs if r.result is not None}
+    for f in figs:
+        result = by_id[f.id]
+        if f.reference and len(result.audio):
+            f.asr_text = recogniser.transcribe(result.audio, result.output_sample_rate_hz)
+    return recogniser
+
+
+def _offline(args, engine, utts, recogniser) -> dict:
+    import time
+
+    from relais.eval.asr import offline_translate
+    from relais.eval.data import load_audio_16k
+    from relais.eval.measure import UtteranceFigures
+    from relais.eval.report import quality
+
+    rows, compute_s, source_s = [], 0.0, 0.0
+    for u in utts:
+        if not u.reference:
+            continue
+        audio = load_audio_16k(u.path)
+        started = time.monotonic()
+        out = offline_translate(engine, audio, u.id, args.source or None)
+        compute_s += time.monotonic() - started
+        source_s += len(audio) / 16000
+        asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
+        rows.append({"id": u.id, "translation": out.translation, "asr_text": asr_text, "reference": u.reference,
+                     "audio_out_s": len(out.audio) / out.sample_rate_hz})
+
+    figs = [UtteranceFigures(id=r["id"], duration_s=0.0, mode="offline", translation=r["translation"],
+                             reference=r["reference"], asr_text=r["asr_text"], audio_out_s=r["audio_out_s"])
+            for r in rows]
+    summary = {"n_utterances": len(rows), "rtf": compute_s / source_s if source_s else None,
+               **quality(figs, args.target)}
+    if recogniser is None:
+        summary.pop("asr_bleu", None)
+        summary.pop("asr_chrf", None)
+    return {"summary": summary, "utterances": rows,
+            "what": f"whole utterance at once: Whisper {engine.whisper.precision} translate (greedy, <= 28 s "
+                    f"windows), the same voice speaks it; no policy, no latency"}

@@ -1,0 +1,142 @@
+"""Per-utterance latency figures from one streamed ClientResult.
+
+Two clocks, as in the simultaneous-translation papers:
+
+* ``realtime`` (computation-aware): audio was sent at 1x; a delay is the client's
+  arrival time of a response, in wall seconds since the first audio chunk was sent
+  (equal to source seconds sent, up to pacing jitter).
+* ``simulated`` (computation-unaware): audio was sent as fast as possible; a delay is
+  the server's ``emitted.source_received_s``: how much source it had read when it
+  produced the output.
+
+Output lag compares like with like with the server's ``relais_output_lag_seconds``
+(emission wall time minus the wall time at which the source end of the span arrived):
+in realtime mode it is the client arrival time of a final translation text minus the
+client send time of the audio chunk holding the span's end (chunks of ``chunk_ms`` are
+paced at ``started + i * chunk_s``); in simulated mode it is
+``source_received_s - source_end_s`` (source seconds read past the span: the lag with
+compute time taken out).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from relais.client import ClientResult
+from relais.eval.latency import (average_lagging, average_proportion, average_token_delay_speech,
+                                 average_token_delay_text, differentiable_average_lagging, linear_slope,
+                                 speech_timeline, word_delays)
+
+MODES = ("realtime", "simulated")
+
+
+@dataclass(frozen=True)
+class LagPoint:
+    source_end_s: float  # end of the committed span in the source
+    lag_s: float
+
+
+@dataclass
+class UtteranceFigures:
+    id: str
+    duration_s: float
+    mode: str
+    translation: str = ""
+    transcript: str = ""
+    reference: str = ""
+    source_text: str = ""
+    hyp_words: int = 0
+    ref_words: int = 0
+    # text output (final translation words)
+    al_s: float | None = None
+    laal_s: float | None = None
+    ap: float | None = None
+    dal_s: float | None = None
+    atd_text_s: float | None = None
+    first_text_s: float | None = None  # first final translation, from the start of the source
+    # speech output
+    start_offset_s: float | None = None
+    end_offset_s: float | None = None
+    atd_speech_s: float | None = None
+    discontinuities: int = 0
+    discontinuity_s: float = 0.0
+    audio_out_s: float = 0.0
+    # lag and throughput
+    lag_mean_s: float | None = None
+    lag_max_s: float | None = None
+    lag_slope: float | None = None  # seconds of lag per second of source (drift)
+    lags: list[LagPoint] = field(default_factory=list)
+    rtf: float | None = None  # server compute seconds / source seconds
+    client_wall_rtf: float | None = None  # client wall time of the whole exchange / source seconds
+    # the server's own view (Summary) and the client's matching figures, for the Prometheus comparison
+    server_first_audio_from_onset_s: float | None = None
+    client_first_audio_from_onset_s: float | None = None
+    server_mean_lag_s: float | None = None
+    asr_text: str = ""  # the output speech, transcribed (ASR-BLEU)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def send_wall_s(source_s: float, duration_s: float, chunk_ms: int, speed: float = 1.0) -> float:
+    """Client wall time (since the first chunk) at which the chunk holding source time ``source_s`` was sent."""
+    chunk_s = chunk_ms / 1000.0
+    last = max(0, math.ceil(duration_s / chunk_s - 1e-9) - 1)
+    index = min(max(0, math.ceil(source_s / chunk_s - 1e-6) - 1), last)
+    return index * chunk_s / speed
+
+
+def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, reference: str = "",
+            source_text: str = "", chunk_ms: int = 100) -> UtteranceFigures:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    realtime = mode == "realtime"
+    source_s = result.timings.audio_in_s or duration_s
+    finals = [t for t in result.texts if t.kind == "translation_final" and t.text.strip()]
+    chunks = result.audio_chunks
+
+    def delay(event) -> float:
+        return event.arrival.arrival_s if realtime else event.emitted_source_received_s
+
+    fig = UtteranceFigures(id=utt_id, duration_s=source_s, mode=mode, translation=result.translation,
+                           transcript=result.transcript, reference=reference, source_text=source_text,
+                           audio_out_s=result.audio_out_s)
+    delays = word_delays([(t.text, delay(t)) for t in finals])
+    fig.hyp_words, fig.ref_words = len(delays), len(reference.split())
+    if delays:
+        fig.al_s = average_lagging(delays, source_s)
+        fig.laal_s = average_lagging(delays, source_s, fig.ref_words)
+        fig.ap = average_proportion(delays, source_s)
+        fig.dal_s = differentiable_average_lagging(delays, source_s)
+        fig.atd_text_s = average_token_delay_text(delays, source_s)
+        fig.first_text_s = delays[0]
+    if chunks:
+        placed = [(delay(a), a.duration_s) for a in chunks]
+        timeline = speech_timeline(placed, source_s)
+        fig.start_offset_s, fig.end_offset_s = timeline.start_offset_s, timeline.end_offset_s
+        fig.discontinuities, fig.discontinuity_s = timeline.discontinuities, timeline.discontinuity_s
+        fig.atd_speech_s = average_token_delay_speech(placed, source_s)
+    if realtime:
+        fig.lags = [LagPoint(t.source_end_s, max(0.0, t.arrival.arrival_s - send_wall_s(t.source_end_s, source_s,
+                                                                                       chunk_ms)))
+                    for t in finals]
+    else:
+        fig.lags = [LagPoint(t.source_end_s, max(0.0, t.emitted_source_received_s - t.source_end_s)) for t in finals]
+    if fig.lags:
+        values = [p.lag_s for p in fig.lags]
+        fig.lag_mean_s, fig.lag_max_s = statistics.mean(values), max(values)
+        fig.lag_slope = linear_slope([p.source_end_s for p in fig.lags], values)
+    fig.client_wall_rtf = result.timings.client_rtf or None
+    s = result.summary
+    if s is not None:
+        fig.rtf = s.real_time_factor
+        fig.server_mean_lag_s = s.mean_output_lag_s if finals else None
+        if chunks and s.first_audio_latency_s > 0:
+            fig.server_first_audio_from_onset_s = s.first_audio_latency_s
+            # the onset is a server-side (VAD) notion: take it on the server's stream clock, then measure the
+            # first audio's arrival on the client clock (both clocks start at the first audio chunk)
+            onset_s = chunks[0].emitted_wall_s - s.first_audio_latency_s
+            fig.client_first_audio_from_onset_s = chunks[0].arrival.arrival_s - onset_s
+    return fig

@@ -1,0 +1,178 @@
+"""Stream a manifest through a Relais server, N streams at a time, with a progress bar.
+
+Also: the server under test (in-process or remote), its Prometheus histograms, and a
+sampler of the server process's resident memory over time (only where we can see the
+process: an in-process server, or a local one whose pid is given).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from relais.client import ClientResult, TranslateClient, TranslateOptions
+from relais.eval.data import Utterance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    utterance: Utterance
+    result: ClientResult | None
+    error: str = ""
+    started_s: float = 0.0  # since the batch started
+    ended_s: float = 0.0
+
+
+@dataclass
+class BatchRun:
+    concurrency: int
+    mode: str
+    runs: list[StreamRun] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def options_for(mode: str, *, source_language: str, target_language: str, latency_mode: str,
+                chunk_ms: int = 100) -> TranslateOptions:
+    speed = 1.0 if mode == "realtime" else 0.0
+    return TranslateOptions(target_language=target_language, source_language=source_language, speed=speed,
+                            chunk_ms=chunk_ms, latency_mode=latency_mode, client_id="relais-eval")
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        log.warning("tqdm is not installed (pip install 'relais[eval]'): no progress bar")
+        return None
+    return tqdm(total=total, desc=desc, unit="utt", leave=True)
+
+
+def stream_all(address: str, utterances: list[Utterance], options: TranslateOptions, *, concurrency: int = 1,
+               mode: str = "realtime", desc: str = "eval", timeout_s: float | None = None) -> BatchRun:
+    """Every utterance through its own Translate stream, ``concurrency`` at a time (one channel each)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    batch = BatchRun(concurrency=concurrency, mode=mode)
+    bar = _progress(len(utterances), desc)
+    lock = threading.Lock()
+    t0 = time.monotonic()
+
+    def one(utt: Utterance) -> StreamRun:
+        started = time.monotonic() - t0
+        try:
+            with TranslateClient(address, timeout_s=timeout_s) as client:
+                result = client.translate_file(utt.path, options)
+            run = StreamRun(utt, result, "", started, time.monotonic() - t0)
+        except Exception as exc:  # noqa: BLE001 - one failed stream is reported, not fatal
+            log.error("utterance %s failed: %s", utt.id, exc)
+            run = StreamRun(utt, None, f"{type(exc).__name__}: {exc}", started, time.monotonic() - t0)
+        with lock:
+            if bar is not None:
+                bar.update(1)
+        return run
+
+    try:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="relais-eval") as pool:
+            batch.runs = list(pool.map(one, utterances))
+    finally:
+        if bar is not None:
+            bar.close()
+    batch.wall_s = time.monotonic() - t0
+    return batch
+
+
+# --- the server under test -----------------------------------------------------------------------
+
+@dataclass
+class ServerUnderTest:
+    address: str
+    metrics_url: str | None  # Prometheus text endpoint, when known
+    pid: int | None  # process whose RSS we can read (own process for an in-process server)
+    in_process: object | None = None  # InProcessServer
+    engine: object | None = None  # TranslationEngine, when loaded here
+
+    def close(self) -> None:
+        if self.in_process is not None:
+            self.in_process.close()
+
+
+def start_server(address: str | None, *, models_dir=None, metrics_url: str | None = None, server_pid: int | None = None,
+                 load_engine: bool = False, max_sessions: int = 8) -> ServerUnderTest:
+    """``address`` None: load the models here and serve them in-process; else use the running server."""
+    engine = None
+    if address is None or load_engine:
+        from relais.pipeline.engine import EngineConfig, TranslationEngine
+
+        engine = TranslationEngine(EngineConfig(models_dir=models_dir))
+    if address is not None:
+        return ServerUnderTest(address, metrics_url, server_pid, None, engine)
+    from relais.server.app import start_in_process
+    from relais.server.config import load_config
+
+    config = load_config(None).replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0,
+                                               "max_sessions": max_sessions})
+    if models_dir is not None:
+        config = config.replace(models={"dir": str(models_dir)})
+    server = start_in_process(config, engine=engine)
+    url = f"http://127.0.0.1:{server.server.metrics_port}/metrics"
+    return ServerUnderTest(server.address, url, os.getpid(), server, engine)
+
+
+def scrape(url: str | None, timeout_s: float = 5.0) -> str | None:
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.read().decode("utf-8", "replace")
+    except OSError as exc:
+        log.warning("cannot scrape %s: %s", url, exc)
+        return None
+
+
+# --- memory over time ----------------------------------------------------------------------------
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class MemorySampler:
+    """Samples the RSS of ``pid`` every ``interval_s`` on a daemon thread: [(seconds since start, bytes)]."""
+
+    def __init__(self, pid: int | None, interval_s: float = 0.5):
+        self.pid, self.interval_s = pid, interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="relais-eval-rss", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        if self.pid is not None and rss_bytes(self.pid) is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            value = rss_bytes(self.pid)
+            if value is not None:
+                self.samples.append((round(time.monotonic() - t0, 3), value))
+            if self._stop.wait(self.interval_s):
+                return
