@@ -23,6 +23,8 @@ audio sent in real time) at which the client received it.
   ``min(t - max(0, Y_<c - X_<c), X_<=c)`` (``X_<c``: source tokens of earlier chunks);
   ATD is the mean of (output token end - aligned source token end).
 
+:func:`average_lagging` without a reference is Ma et al.'s AL over the hypothesis
+length; :func:`simuleval_average_lagging` is SimulEval's AL (reference length).
 Unlike SimulEval, :func:`average_lagging` does not return ``d_1`` when the first word
 comes after the whole source (it then averages over that one word, which is the same).
 """
@@ -69,6 +71,23 @@ def speech_timeline(chunks: list[tuple[float, float]], source_s: float, gap_tole
             gap_s += start - end
         end = start + duration
     return SpeechTimeline(chunks[0][0], end - source_s, gaps, gap_s)
+
+
+def simuleval_average_lagging(delays: list[float], source_s: float, reference_words: int = 0) -> float:
+    """AL as SimulEval computes it: ``|Y|`` is the REFERENCE length when one is given (else the hypothesis),
+    and a first word emitted after the whole source scores its own delay.
+
+    With a reference shorter than the output this rewards over-generation (the ideal rate
+    ``|X|/|Y|`` grows, so later words look early); LAAL (``max`` of both lengths) does not.
+    """
+    if not delays:
+        return 0.0
+    if delays[0] > source_s:
+        return delays[0]
+    n = reference_words or len(delays)
+    rate = source_s / n
+    tau = next((i + 1 for i, d in enumerate(delays) if d >= source_s), len(delays))
+    return sum(delays[i] - i * rate for i in range(tau)) / tau
 
 
 def average_proportion(delays: list[float], source_s: float) -> float:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from relais.client import ClientResult
 from relais.eval.latency import (average_lagging, average_proportion, average_token_delay_speech,
                                  average_token_delay_text, differentiable_average_lagging, linear_slope,
-                                 speech_timeline, word_delays)
+                                 simuleval_average_lagging, speech_timeline, word_delays)
 
 MODES = ("realtime", "simulated")
 
@@ -50,7 +50,7 @@ class UtteranceFigures:
     hyp_words: int = 0
     ref_words: int = 0
     # text output (final translation words)
-    al_s: float | None = None
+    al_s: float | None = None  # SimulEval's AL: |Y| = reference length when there is a reference
     laal_s: float | None = None
     ap: float | None = None
     dal_s: float | None = None
@@ -106,7 +106,7 @@ def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, 
     delays = word_delays([(t.text, delay(t)) for t in finals])
     fig.hyp_words, fig.ref_words = len(delays), len(reference.split())
     if delays:
-        fig.al_s = average_lagging(delays, source_s)
+        fig.al_s = simuleval_average_lagging(delays, source_s, fig.ref_words)
         fig.laal_s = average_lagging(delays, source_s, fig.ref_words)
         fig.ap = average_proportion(delays, source_s)
         fig.dal_s = differentiable_average_lagging(delays, source_s)

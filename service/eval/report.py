@@ -35,7 +35,11 @@ def quality(figs: list[UtteranceFigures], target_language: str = "en") -> dict:
         if any(f.asr_text for f in with_ref) or any(f.audio_out_s for f in with_ref):
             out["asr_bleu"] = bleu([f.asr_text for f in with_ref], refs, norm)
             out["asr_chrf"] = chrf([f.asr_text for f in with_ref], refs, norm)
+    # the source transcript exists only where the server streams one (SOURCE_FINAL text; the Whisper
+    # "translate" task emits the translation alone)
     with_src = [f for f in figs if f.source_text and f.transcript]
+    out["source_wer"] = None
+    out["n_with_source_transcript"] = len(with_src)
     if with_src:
         out["source_wer"] = wer([f.transcript for f in with_src], [f.source_text for f in with_src])
     return out

@@ -1,0 +1,45 @@
+"""`relais eval` end to end: the real in-process server on the real default models, two short clips."""
+
+import json
+import time
+
+from conftest import eval_dir, load_manifest
+
+from relais.cli import main
+
+
+def test_relais_eval_simulated_on_two_short_clips(model_set, tmp_path, capsys):
+    clips = sorted(load_manifest("fr_en_dev"), key=lambda u: u.duration_s)[:2]
+    manifest = tmp_path / "two.tsv"
+    manifest.write_text("id\tpath\tduration_s\tsource_text_fr\treference_en\n" + "".join(
+        f"{u.id}\t{u.path}\t{u.duration_s}\t{u.source_text}\t{u.reference}\n" for u in clips))
+    out = tmp_path / "out"
+    started = time.monotonic()
+    rc = main(["eval", "--manifest", str(manifest), "--models", str(model_set.root), "--mode", "simulated",
+               "--out", str(out)])
+    elapsed_s = time.monotonic() - started
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| streamed |" in printed and "| offline (same models) |" in printed
+
+    results = json.loads((out / "results.json").read_text())
+    s = results["summary"]
+    assert s["n_utterances"] == 2 and s["n_failed"] == 0
+    for key in ("bleu", "asr_bleu", "chrf", "start_offset_s", "end_offset_s", "al_s", "laal_s", "first_text_s",
+                "rtf", "lag_p50_s", "lag_p95_s"):
+        assert s[key] is not None, key
+    assert s["chrf"] > 20
+    assert "source_wer" in s  # None here: the translate task streams no source transcript
+    # simulated = computation-unaware: delays are source seconds read, so they cannot pass the source end
+    for u in results["utterances"]:
+        assert u["translation"].strip() and u["asr_text"].strip()
+        assert 0 < u["first_text_s"] <= u["duration_s"] + 1e-6
+        assert u["start_offset_s"] <= u["duration_s"] + 1e-6
+        assert u["end_offset_s"] > 0  # the speech outlasts the source
+    assert results["offline"]["summary"]["n_utterances"] == 2 and results["offline"]["summary"]["bleu"] is not None
+    assert "whisper-base" in results["meta"]["asr_model"]
+    prom = {r["name"]: r for r in results["prometheus_vs_client"]}
+    assert prom["first_audio"]["server_count"] == 2 and prom["first_audio"]["client_count"] == 2
+    assert abs(prom["first_audio"]["mean_difference_s"]) < 0.5  # transport only, on one machine
+    assert (out / "results.md").is_file() and (out / "latency_per_utterance.png").stat().st_size > 1000
+    assert eval_dir().is_dir() and elapsed_s < 120

@@ -1,0 +1,84 @@
+"""Per-utterance figures from a client result (both clocks), the output-lag send-time rule,
+Prometheus histogram arithmetic, and the summary's keys."""
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from relais.client import Arrival, AudioReceived, ClientResult, ClientTimings, ServerSummary, TextReceived
+from relais.eval.measure import measure, send_wall_s
+from relais.eval.prometheus import compare, parse_histograms
+from relais.eval.report import summarise
+
+
+def _text(text, end_s, arrival_s, received_s, kind="translation_final"):
+    return TextReceived(kind, text, "en", 0.0, end_s, arrival_s - 0.01, received_s, Arrival(arrival_s, arrival_s))
+
+
+def _audio(duration_s, arrival_s, received_s, emitted_wall_s):
+    return AudioReceived("x", 22050, 0.0, duration_s, 0.0, 1.0, emitted_wall_s, received_s, Arrival(arrival_s, 0.0))
+
+
+def _result():
+    r = ClientResult()
+    r.events = [_text("hello there", 1.0, 1.5, 1.2), _text("", 1.5, 1.6, 1.5),
+                _text("world", 1.95, 2.6, 2.0), _audio(1.0, 1.8, 1.2, 1.75), _audio(0.5, 3.5, 2.0, 3.45)]
+    r.summary = ServerSummary(2.0, 1.5, 1.0, 1.25, 0.6, 0.7, 0.4, "fr", "hello there world", "bonjour le monde")
+    r.timings = ClientTimings(audio_in_s=2.0, send_wall_s=1.9, total_wall_s=3.6)
+    return r
+
+
+def test_send_wall_is_the_send_time_of_the_chunk_holding_the_span_end():
+    assert send_wall_s(1.0, 2.0, 100) == pytest.approx(0.9)  # chunk [0.9, 1.0) completes 1.0
+    assert send_wall_s(1.05, 2.0, 100) == pytest.approx(1.0)
+    assert send_wall_s(5.0, 2.0, 100) == pytest.approx(1.9)  # clamped to the last chunk
+    assert send_wall_s(0.0, 2.0, 100) == 0.0
+
+
+def test_realtime_uses_client_arrival_times():
+    f = measure(_result(), "u", 2.0, "realtime", reference="hello there my world")
+    assert f.first_text_s == 1.5
+    assert (f.hyp_words, f.ref_words) == (3, 4)
+    # words at 1.5, 1.5, 2.6 over 2 s; LAAL with max(3, 4) words: rate 0.5; tau = 3
+    assert f.laal_s == pytest.approx(((1.5 - 0) + (1.5 - 0.5) + (2.6 - 1.0)) / 3)
+    # speech: 1.8-2.8, then emitted at 3.5 -> gap 0.7, ends 4.0 -> EndOffset 2.0
+    assert f.start_offset_s == 1.8 and f.end_offset_s == pytest.approx(2.0)
+    assert (f.discontinuities, f.discontinuity_s) == (1, pytest.approx(0.7))
+    # lags (non-empty finals only): 1.5 - 0.9 and 2.6 - 1.9
+    assert [p.lag_s for p in f.lags] == pytest.approx([0.6, 0.7])
+    assert f.lag_slope == pytest.approx(0.1 / 0.95)
+    assert f.rtf == 0.4 and f.client_wall_rtf == pytest.approx(1.8)
+    # onset on the server clock: 1.75 - 1.25 = 0.5; first audio arrived at 1.8 -> 1.3 from onset
+    assert f.client_first_audio_from_onset_s == pytest.approx(1.3)
+
+
+def test_simulated_uses_server_source_stamps():
+    f = measure(_result(), "u", 2.0, "simulated", reference="hello there my world")
+    assert f.first_text_s == 1.2
+    assert f.start_offset_s == 1.2 and f.end_offset_s == pytest.approx(0.7)  # 1.2-2.2, then 2.2-2.7; - 2.0
+    assert [p.lag_s for p in f.lags] == pytest.approx([0.2, 0.05])  # source read past the span end
+
+
+def test_summary_has_the_documented_keys():
+    f = measure(_result(), "u", 2.0, "realtime", reference="Hello there, world!")
+    f.translation = f.asr_text = "hello there world"  # punctuation and case are normalised away
+    s = summarise([f])
+    for key in ("bleu", "asr_bleu", "chrf", "start_offset_s", "end_offset_s", "al_s", "laal_s", "first_text_s",
+                "rtf", "lag_p50_s", "lag_p95_s", "n_utterances"):
+        assert key in s and s[key] is not None, key
+    assert s["chrf"] == pytest.approx(100.0) and s["asr_chrf"] == pytest.approx(100.0)
+
+
+def test_prometheus_histogram_delta_mean_and_quantile():
+    reg = CollectorRegistry()
+    h = Histogram("relais_output_lag_seconds", "lag", buckets=(0.5, 1.0, 2.0), registry=reg)
+    h.observe(5.0)  # before the run
+    before = generate_latest(reg).decode()
+    for v in (0.2, 0.6, 0.8, 1.5):
+        h.observe(v)
+    after = generate_latest(reg).decode()
+    hist = parse_histograms(after)["relais_output_lag_seconds"].minus(parse_histograms(before)["relais_output_lag_seconds"])
+    assert hist.count == 4 and hist.mean == pytest.approx(3.1 / 4)
+    assert hist.quantile(0.5) == pytest.approx(0.5 + 0.5 * (2 - 1) / 2)  # 2nd of 4 in (0.5, 1.0], 2 there
+    rows = compare(before, after, {"output_lag": [0.25, 0.65, 0.85, 1.55]})
+    lag = next(r for r in rows if r.name == "output_lag")
+    assert lag.mean_difference_s == pytest.approx(0.05)
