@@ -1,14 +1,24 @@
 """The streaming client, WebVTT subtitles and the `relais translate` / `relais serve` commands.
 
-Subtitle and client-plumbing tests need no models (the plumbing runs against a tiny
-in-test servicer); the end-to-end tests run the real CLI in-process on the prepared
-default model set.
+Subtitle, option and display tests need no models. The client plumbing (pacing,
+receiving while sending, arrival stamps, audio assembly, concurrent streams) runs
+against the real in-process server with the real engine on the prepared default
+model set; `relais serve` runs as a real subprocess; the end-to-end tests run the
+real `relais translate` CLI in-process.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import queue
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -17,6 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import load_audio, load_manifest
 from relais import cli
 from relais.client import Arrival, TextReceived, TranslateClient, TranslateOptions, _assemble
 from relais.subtitles import (Cue, build_cues, format_timestamp, merge_spans, parse_timestamp, parse_vtt, render_vtt,
@@ -90,57 +101,88 @@ def test_render_and_parse_vtt_round_trip():
         parse_vtt("1\n00:00:00.000 --> 00:00:01.000\nx\n")
 
 
-# --- client plumbing (no models) ---------------------------------------------------------------
+# --- client plumbing against the real in-process server ------------------------------------------
 
-class _EchoServicer(pb_grpc.SpeechTranslatorServicer):
-    """Answers every audio chunk at once with a text event and 0.1 s of output audio."""
+@pytest.fixture(scope="module")
+def server_address(model_set):
+    from relais.pipeline.engine import EngineConfig, TranslationEngine
+    from relais.server.app import start_in_process
+    from relais.server.config import load_config
 
-    rate_hz = 8000
-
-    def Translate(self, request_iterator, context):
-        first = next(request_iterator)
-        assert first.WhichOneof("request") == "config"
-        yield pb.TranslateResponse(started=pb.SessionStarted(
-            session_id="t", task="translate", output_format=pb.AudioFormat(encoding=pb.PCM_S16LE,
-                                                                          sample_rate_hz=self.rate_hz)))
-        received, position_s = 0, 0.0
-        in_rate = first.config.input_format.sample_rate_hz
-        for i, request in enumerate(request_iterator):
-            received += len(request.audio.data) // 2
-            yield pb.TranslateResponse(text=pb.TextEvent(kind=pb.TextEvent.TRANSLATION_FINAL, text=f"w{i}",
-                                                         source_span=pb.TimeSpan(end_s=received / in_rate)))
-            pcm = np.full(self.rate_hz // 10, 1000 * (i + 1), np.int16)
-            yield pb.TranslateResponse(audio=pb.AudioOut(data=pcm.tobytes(), sample_rate_hz=self.rate_hz,
-                                                         text=f"w{i}", output_start_s=position_s))
-            position_s += 0.1
-        yield pb.TranslateResponse(summary=pb.Summary(audio_in_s=received / in_rate, audio_out_s=position_s))
+    engine = TranslationEngine(EngineConfig(models_dir=model_set.root))
+    config = load_config(None).replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0})
+    with start_in_process(config, engine=engine) as handle:
+        yield handle.address
 
 
-@pytest.fixture()
-def echo_address():
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_SpeechTranslatorServicer_to_server(_EchoServicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+def _clip(utterance_id: str):
+    utt = next(u for u in load_manifest("fr_en_dev") if u.id == utterance_id)
+    return utt, load_audio(utt.path)
 
 
-def test_client_receives_while_sending_and_assembles_audio(echo_address):
-    audio = np.zeros(16000, np.float32)  # 1 s, sent at 4x real time in 100 ms chunks
-    with TranslateClient(echo_address) as client:
-        result = client.translate_audio(audio, 16000, TranslateOptions(target_language="en", speed=4.0))
+def test_client_receives_while_sending_and_assembles_audio(server_address):
+    utt, audio = _clip("fleurs_fr_test_1857")  # 8.3 s, sent in real time in 100 ms chunks
+    with TranslateClient(server_address) as client:
+        result = client.translate_audio(audio, 16000, TranslateOptions(target_language="en", source_language="fr",
+                                                                       speed=1.0))
+    assert result.session is not None and result.session.task == "translate"
+    assert result.output_sample_rate_hz == result.session.output_sample_rate_hz == 22050
+
+    # responses came back while audio was still going out, stamped in arrival order
     texts = result.texts
-    assert len(texts) == 10 and result.translation == " ".join(f"w{i}" for i in range(10))
-    # responses came back while audio was still going out, stamped in order
-    assert texts[0].arrival.sent_source_s < 0.5
-    arrivals = [e.arrival.arrival_s for e in result.events if hasattr(e, "arrival")]
-    assert arrivals == sorted(arrivals)
-    assert result.timings.audio_in_s == pytest.approx(1.0)
-    assert 0.15 < result.timings.send_wall_s < 1.0  # paced: 0.9 s of audio after the first chunk, at 4x
-    assert result.output_sample_rate_hz == 8000 and result.audio_out_s == pytest.approx(1.0)
-    assert result.audio[0] == pytest.approx(1000 / 32768) and result.audio[-1] == pytest.approx(10000 / 32768)
-    assert result.summary is not None and result.summary.audio_in_s == pytest.approx(1.0)
+    finals = [t for t in texts if t.kind == "translation_final"]
+    assert finals and texts[0].arrival.sent_source_s < utt.duration_s - 1.0
+    assert finals[0].arrival.sent_source_s < utt.duration_s
+    assert result.audio_chunks[0].arrival.sent_source_s < utt.duration_s  # speech output began mid-stream
+    stamped = [e.arrival for e in result.events if hasattr(e, "arrival")]
+    assert [a.arrival_s for a in stamped] == sorted(a.arrival_s for a in stamped)
+    assert [a.sent_source_s for a in stamped] == sorted(a.sent_source_s for a in stamped)
+    assert result.timings.first_text_arrival_s == finals[0].arrival.arrival_s
+
+    # paced: the 83 chunks went out over ~8.2 s of wall time, not as fast as possible
+    assert result.timings.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+    assert utt.duration_s - 0.3 < result.timings.send_wall_s < utt.duration_s + 3.0
+    assert result.timings.total_wall_s >= result.timings.send_wall_s
+
+    # the assembled audio is the AudioOut chunks laid end to end
+    chunks = result.audio_chunks
+    assert chunks[0].output_start_s == 0.0
+    assert all(b.output_start_s == pytest.approx(a.output_end_s, abs=1 / 22050) for a, b in zip(chunks, chunks[1:]))
+    assert len(result.audio) == round(sum(c.duration_s for c in chunks) * 22050)
+    assert result.audio_out_s == pytest.approx(result.summary.audio_out_s, abs=0.01)
+    assert float(np.sqrt(np.mean(result.audio ** 2))) > 0.01  # speech, not silence
+
+    assert result.summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+    assert result.translation == result.summary.translation and "added" in result.translation.lower()
+
+
+def test_concurrent_streams_keep_their_own_results(server_address):
+    """Two clients at once on one server: each gets the translation of its own clip."""
+    clips = {"common_voice_fr_19601543": "value", "transpeech_fr_en_1": "building"}  # ref. words
+
+    together = threading.Barrier(2)
+
+    def run(utterance_id):
+        utt, audio = _clip(utterance_id)
+        with TranslateClient(server_address) as client:
+            together.wait(30)
+            started = time.monotonic()
+            result = client.translate_audio(audio, 16000, TranslateOptions(
+                target_language="en", source_language="fr", speed=0, return_audio=False))
+            return utt, result, (started, time.monotonic())
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(run, clips))
+    (_, _, (start_a, end_a)), (_, _, (start_b, end_b)) = runs
+    assert start_a < end_b and start_b < end_a  # the two streams were open at the same time
+    results = [(utt, result) for utt, result, _ in runs]
+    for (utt, result), keyword in zip(results, clips.values()):
+        assert result.summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+        words = set(re.findall(r"[a-z]+", result.translation.lower()))
+        assert keyword in words and not (set(clips.values()) - {keyword}) & words, (utt.id, result.translation)
+        assert not result.audio_chunks and result.audio.size == 0
+    sessions = [result.session.session_id for _, result in results]
+    assert len(set(sessions)) == 2
 
 
 def test_assemble_places_chunks_by_output_position():
@@ -184,21 +226,51 @@ def test_translate_reports_unreachable_server(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: UNAVAILABLE: ")
 
 
-def test_serve_applies_flags_over_config_file(tmp_path, monkeypatch, capsys):
-    seen = {}
-
-    def fake_serve(config):
-        seen["config"] = config
-        return 0
-
-    monkeypatch.setattr("relais.server.app.serve", fake_serve)
+def test_serve_applies_flags_over_environment_over_config_file(tmp_path, model_set):
+    """`relais serve` for real, in a subprocess: file < RELAIS_* environment < flags; then it serves and drains."""
     path = tmp_path / "relais.yaml"
-    path.write_text("server:\n  port: 6000\n  max_sessions: 3\n")
-    assert cli.main(["serve", "--config", str(path), "--metrics-port", "0", "--models", str(tmp_path)]) == 0
-    cfg = seen["config"]
-    assert (cfg.server.port, cfg.server.metrics_port, cfg.server.max_sessions) == (6000, 0, 3)
-    assert cfg.models.dir == str(tmp_path)
-    assert '"max_sessions": 3' in capsys.readouterr().out
+    path.write_text("server:\n  port: 6000\n  metrics_port: 6001\n  max_sessions: 3\n  drain_grace_s: 5\n"
+                    "runtime:\n  providers: [cpu]\n")
+    env = {**os.environ, "RELAIS_SERVER_HOST": "127.0.0.1", "RELAIS_SERVER_MAX_SESSIONS": "2",
+           "RELAIS_SERVER_PORT": "7000", "RELAIS_MODELS_DIR": str(tmp_path / "not-used")}
+    proc = subprocess.Popen([sys.executable, "-m", "relais.cli", "serve", "--config", str(path), "--port", "0",
+                             "--metrics-port", "0", "--models", str(model_set.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    for stream in (proc.stdout, proc.stderr):
+        threading.Thread(target=lambda s=stream: [lines.put(line) for line in s], daemon=True).start()
+    seen, port = [], None
+    try:
+        deadline = time.monotonic() + 180
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if match := re.search(r"SERVING on port (\d+)", line):
+                port = int(match.group(1))
+        assert port is not None, "".join(seen)
+        printed = next(line for line in seen if line.startswith("relais serve: "))
+        effective = json.loads(printed.removeprefix("relais serve: "))
+        server = {key: effective["server"][key] for key in ("host", "port", "metrics_port", "max_sessions",
+                                                            "drain_grace_s")}
+        # port: the flag beat the environment (7000) and the file (6000); metrics_port: the flag beat the file;
+        # max_sessions: the environment beat the file; host: the environment beat the default
+        assert server == {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "max_sessions": 2, "drain_grace_s": 5}
+        assert effective["models"]["dir"] == str(model_set.root) and effective["runtime"]["providers"] == ["cpu"]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # it listens where the flags said
+            caps = pb_grpc.SpeechTranslatorStub(channel).ListCapabilities(pb.ListCapabilitiesRequest(), timeout=30)
+        assert "fr" in caps.source_languages and caps.execution_provider == "cpu"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0  # drained cleanly
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_rejects_a_bad_flag_value(capsys):
     assert cli.main(["serve", "--port", "70000"]) == 2
     assert "server.port: must be 0..65535" in capsys.readouterr().err
 

@@ -1,7 +1,10 @@
 """The gRPC server: config, error mapping, metrics, life cycle, and the real engine behind it.
 
-Tests without models use a tiny in-test servicer or a stub engine; the rest share one
-module-scoped server on free ports with the real prepared model set (one engine load).
+Config, error-mapping and metrics tests need no models (the interceptor is exercised with a
+tiny in-test generic handler). Everything else runs the real TranslationEngine on the
+prepared model set: one module-scoped engine is shared by the servers (start-up, event
+mapping, drain, the live server), except the start-up test, which lets the server load its
+own engine so that the warming phase can be observed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import load_audio, load_manifest
 from relais.server.app import build_server, start_in_process
 from relais.server.config import ServerConfig, load_config
 from relais.server.interceptor import ErrorMappingInterceptor, ResourceExhausted, Unavailable
@@ -28,6 +32,7 @@ from relais.v1 import translator_pb2_grpc as pb_grpc
 
 SAMPLE_FR = Path(__file__).resolve().parent.parent / "service" / "data" / "samples" / "fr_fleurs_1857.wav"
 LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
+PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -150,121 +155,175 @@ def test_metrics_exposition_over_http():
     assert "relais_stage_latency_seconds_count" not in second.exposition().decode()
 
 
-# --- life cycle with a stub engine (no models) ----------------------------------------------------
+# --- the real engine (prepared model set, one load for the module) -------------------------------
 
-class _BlockingEngine:
-    """Warms up only when told to: lets a test look at the server while it is warming."""
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.stage_observer = None
-
-    def warm_up(self):
-        assert self.release.wait(30)
-
-    def capabilities(self):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(source_languages=[], target_languages=[], voices=[], models=[],
-                               execution_provider="cpu")
+CLIP_ID = "fleurs_fr_test_1857"  # 8.3 s of French (fr_en_dev)
+VOICE = "en_US-joe-medium"
 
 
-def test_warming_server_is_not_serving_and_refuses_streams():
-    engine = _BlockingEngine()
-    config = ServerConfig().replace(server=LOCAL)
+@pytest.fixture(scope="module")
+def engine(model_set):
+    from relais.pipeline.engine import EngineConfig, TranslationEngine
+
+    return TranslationEngine(EngineConfig(models_dir=model_set.root))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """(utterance, 16 kHz float32 samples) of the French evaluation clip the server tests stream."""
+    utt = next(u for u in load_manifest("fr_en_dev") if u.id == CLIP_ID)
+    return utt, load_audio(utt.path)
+
+
+def _server_config(model_set, **server) -> ServerConfig:
+    return ServerConfig().replace(server={**LOCAL, **server}, models={"dir": str(model_set.root)},
+                                  runtime={"providers": ["cpu"]})
+
+
+def _stream_config(**fields) -> pb.StreamConfig:
+    return pb.StreamConfig(source_language="fr", target_language="en", input_format=PCM16K, **fields)
+
+
+def _pcm_chunks(audio: np.ndarray, chunk_s: float = 0.5) -> list[bytes]:
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
+    step = int(16000 * chunk_s)
+    return [pcm[i:i + step].tobytes() for i in range(0, len(pcm), step)]
+
+
+def _requests(audio: np.ndarray, **fields):
+    yield pb.TranslateRequest(config=_stream_config(**fields))
+    for data in _pcm_chunks(audio):
+        yield pb.TranslateRequest(audio=pb.AudioChunk(data=data))
+
+
+async def _health(channel, service: str = "") -> int:
+    return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+def test_server_loading_its_engine_is_not_serving_until_warm(model_set):
+    """No engine given: start() binds, reports NOT_SERVING, loads the real models in a thread, then SERVING."""
+    config = _server_config(model_set)
 
     async def main():
-        server = build_server(config, engine=engine)
+        server = build_server(config)  # loads its own TranslationEngine from model_set.root
         starting = asyncio.create_task(server.start())
         try:
             return await exercise(server, starting)
         finally:
-            engine.release.set()
             await server.stop(0)
 
     async def exercise(server, starting):
-        while server.port is None or server.metrics_port is None:
-            await asyncio.sleep(0.01)
+        # metrics_port is set right before the engine load is handed to a thread (app.py, start())
+        while server.metrics_port is None and not starting.done():
+            await asyncio.sleep(0.005)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            before = (await health.Check(health_pb2.HealthCheckRequest(service="relais.v1.SpeechTranslator"))).status
-            call = pb_grpc.SpeechTranslatorStub(channel).Translate(
-                iter([pb.TranslateRequest(config=pb.StreamConfig(target_language="en"))]))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
+            before = await _health(channel, "relais.v1.SpeechTranslator")
+            call = pb_grpc.SpeechTranslatorStub(channel).Translate(iter([pb.TranslateRequest(config=_stream_config())]))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 async for _ in call:
                     pass
-            engine.release.set()
-            await starting
-            after = (await health.Check(health_pb2.HealthCheckRequest())).status
-        return before, err.value, after, server.metrics.exposition().decode()
+            with pytest.raises(grpc.aio.AioRpcError) as caps_refused:
+                await pb_grpc.SpeechTranslatorStub(channel).ListCapabilities(pb.ListCapabilitiesRequest())
+            # Both answers came while the load was still running: otherwise this test proved nothing.
+            still_loading = (not starting.done(), server.gate.phase, server.engine)
+            await asyncio.wait_for(starting, timeout=300)
+            after = await _health(channel)
+            caps = await pb_grpc.SpeechTranslatorStub(channel).ListCapabilities(pb.ListCapabilitiesRequest())
+        return before, refused.value, caps_refused.value, still_loading, after, caps, server
 
-    before, err, after, text = asyncio.run(main())
+    before, refused, caps_refused, still_loading, after, caps, server = asyncio.run(main())
+    assert still_loading == (True, "warming", None)
     assert before == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert err.code() == grpc.StatusCode.UNAVAILABLE and "warming up" in err.details()
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE and "warming up" in refused.details()
+    assert caps_refused.code() == grpc.StatusCode.UNAVAILABLE
     assert after == health_pb2.HealthCheckResponse.SERVING
+    assert caps.execution_provider == "cpu" and VOICE in {v.name for v in caps.voices}
+    assert type(server.engine).__name__ == "TranslationEngine"
+    text = server.metrics.exposition().decode()
     assert 'relais_sessions_total{outcome="rejected"} 1.0' in text
     assert 'relais_execution_provider_info{provider="cpu"} 1.0' in text
+    assert _metric(text, "relais_model_load_seconds") > 0
 
 
-# --- servicer mapping and drain with a fake engine (no models) -----------------------------------
-
-class _FakeSession:
-    """Echoes: one final translation per push, one spoken phrase at the end."""
-
-    def __init__(self, cfg, gate: threading.Event | None):
-        from relais.pipeline.events import SessionStats
-
-        self.cfg, self.stats, self.gate, self.received_s = cfg, SessionStats(), gate, 0.0
-
-    def push_audio(self, audio):
-        from relais.pipeline.events import TextKind, TextSegment
-
-        if self.gate is not None:
-            assert self.gate.wait(30)
-        start, self.received_s = self.received_s, self.received_s + len(audio) / 16000
-        self.stats.audio_in_s = self.received_s
-        self.stats.speech_onset_s = 0.0
-        self.stats.translation += "hello "
-        return [TextSegment(TextKind.TRANSLATION_FINAL, "hello", "en", start, self.received_s, self.received_s)]
-
-    def finish(self):
-        from relais.pipeline.events import SpeechSegment
-
-        self.stats.audio_out_s = 0.5
-        return [SpeechSegment(np.full(11025, 0.25, np.float32), 22050, "hello", 0.0, self.received_s,
-                              self.received_s)]
-
-
-class _FakeEngine(_BlockingEngine):
-    def __init__(self):
-        super().__init__()
-        self.release.set()
-        self.push_gate: threading.Event | None = None
-
-    def session_config(self, *, source_language, target_language, voice, latency_mode, return_text, return_audio):
-        from types import SimpleNamespace
-
-        if target_language != "en":
-            raise ValueError(f"target_language {target_language!r} is not supported")
-        return SimpleNamespace(source_language=None, target_language="en", task="translate", voice="fake",
-                               voice_sample_rate_hz=22050)
-
-    def new_session(self, cfg):
-        return _FakeSession(cfg, self.push_gate)
-
-
-def _pcm_requests(seconds: float, chunks: int, **config):
-    yield pb.TranslateRequest(config=pb.StreamConfig(
-        target_language="en", input_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000), **config))
-    for _ in range(chunks):
-        yield pb.TranslateRequest(audio=pb.AudioChunk(data=bytes(int(32000 * seconds / chunks))))
-
-
-def test_fake_session_events_map_to_responses_and_drain_lets_streams_finish():
-    engine = _FakeEngine()
+def test_real_session_events_map_to_responses(model_set, engine, clip):
+    utt, audio = clip
+    f32_44k = pb.AudioFormat(encoding=pb.PCM_F32LE, sample_rate_hz=44100)
 
     async def main():
-        server = build_server(ServerConfig().replace(server=LOCAL), engine=engine)
+        server = build_server(_server_config(model_set), engine=engine)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.SpeechTranslatorStub(channel)
+                full = [r async for r in stub.Translate(_requests(audio, output_format=f32_44k), timeout=300)]
+                no_text = [r async for r in stub.Translate(_requests(audio, return_text=False), timeout=300)]
+                no_audio = [r async for r in stub.Translate(_requests(audio, return_audio=False), timeout=300)]
+            return full, no_text, no_audio, server.metrics.exposition().decode()
+        finally:
+            await server.stop(0)
+
+    full, no_text, no_audio, text = asyncio.run(main())
+
+    kinds = [r.WhichOneof("event") for r in full]
+    assert kinds[0] == "started" and kinds[-1] == "summary"
+    assert kinds.count("started") == 1 and kinds.count("summary") == 1
+    started = full[0].started
+    assert (started.task, started.source_language, started.target_language, started.voice) == \
+        ("translate", "fr", "en", VOICE)
+    assert (started.output_format.encoding, started.output_format.sample_rate_hz) == (pb.PCM_F32LE, 44100)
+    assert started.execution_provider == "cpu" and "whisper-base" in started.models
+
+    # text: final translation pieces, emitted in order, that add up to the summary's translation
+    texts = [r.text for r in full if r.HasField("text")]
+    finals = [t for t in texts if t.kind == pb.TextEvent.TRANSLATION_FINAL]
+    assert finals and all(t.language == "en" and t.text.strip() for t in finals)
+    emitted = [r.text.emitted if r.HasField("text") else r.audio.emitted
+               for r in full if r.HasField("text") or r.HasField("audio")]
+    walls = [e.wall_s for e in emitted]
+    assert walls == sorted(walls) and walls[0] >= 0
+    received = [e.source_received_s for e in emitted]
+    assert received == sorted(received) and received[-1] <= utt.duration_s + 0.01
+    assert all(0 <= t.source_span.start_s <= t.source_span.end_s <= utt.duration_s + 0.01 for t in finals)
+    summary = full[-1].summary
+    assert " ".join(t.text.strip() for t in finals).replace(" ", "") == summary.translation.replace(" ", "")
+    assert "added" in summary.translation.lower()
+
+    # audio: float32 at 44.1 kHz, phrases laid end to end in the output stream
+    audio_out = [r.audio for r in full if r.HasField("audio")]
+    assert audio_out and all(a.sample_rate_hz == 44100 and len(a.data) % 4 == 0 and a.data for a in audio_out)
+    assert audio_out[0].output_start_s == 0.0
+    for a, b in zip(audio_out, audio_out[1:]):
+        assert b.output_start_s * 44100 == pytest.approx(a.output_start_s * 44100 + len(a.data) / 4, abs=0.5)
+    samples = np.concatenate([np.frombuffer(a.data, "<f4") for a in audio_out])
+    assert np.isfinite(samples).all() and np.abs(samples).max() <= 1.5
+    assert float(np.sqrt(np.mean(samples ** 2))) > 0.01  # speech, not silence
+    assert " ".join(a.text for a in audio_out).split() == summary.translation.split()  # every word spoken
+    assert summary.audio_out_s == pytest.approx(len(samples) / 44100, abs=0.01)
+
+    assert summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+    assert summary.first_audio_latency_s >= summary.first_text_latency_s > 0
+    assert summary.real_time_factor > 0 and summary.detected_language in ("", "fr")
+
+    # return_text=False: no TextEvents, yet the translation was made (spoken, and in the summary)
+    assert not any(r.HasField("text") for r in no_text)
+    assert any(r.HasField("audio") for r in no_text) and no_text[-1].summary.translation.strip()
+    assert no_text[0].started.output_format.sample_rate_hz == 22050  # the voice's own rate by default
+    # return_audio=False: no AudioOut, text as usual
+    assert not any(r.HasField("audio") for r in no_audio)
+    assert any(r.HasField("text") and r.text.kind == pb.TextEvent.TRANSLATION_FINAL for r in no_audio)
+    assert no_audio[-1].summary.translation.strip() and no_audio[-1].summary.audio_out_s == 0
+
+    assert 'relais_sessions_total{outcome="ok"} 3.0' in text and "relais_sessions_active 0.0" in text
+    assert _metric(text, 'relais_audio_seconds_total{direction="in"}') == pytest.approx(3 * utt.duration_s, abs=0.05)
+
+
+def test_drain_lets_an_in_flight_stream_finish(model_set, engine, clip):
+    utt, audio = clip
+    chunks = _pcm_chunks(audio)
+    half = len(chunks) // 2
+
+    async def main():
+        server = build_server(_server_config(model_set), engine=engine)
         await server.start()
         try:
             return await exercise(server)
@@ -272,58 +331,53 @@ def test_fake_session_events_map_to_responses_and_drain_lets_streams_finish():
             await server.stop(0)
 
     async def exercise(server):
+        release = asyncio.Event()
+
+        async def held_requests():  # half the clip, then wait until the drain has begun, then the rest
+            yield pb.TranslateRequest(config=_stream_config())
+            for data in chunks[:half]:
+                yield pb.TranslateRequest(audio=pb.AudioChunk(data=data))
+            await release.wait()
+            for data in chunks[half:]:
+                yield pb.TranslateRequest(audio=pb.AudioChunk(data=data))
+
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.SpeechTranslatorStub(channel)
-            plain = [r async for r in stub.Translate(_pcm_requests(1.0, 2, output_format=pb.AudioFormat(
-                encoding=pb.PCM_F32LE, sample_rate_hz=44100)))]
-            no_text = [r async for r in stub.Translate(_pcm_requests(0.5, 1, return_text=False))]
-            engine.push_gate = threading.Event()  # the next stream blocks inside push_audio
-            in_flight = stub.Translate(_pcm_requests(0.5, 1))
+            in_flight = stub.Translate(held_requests(), timeout=300)
             assert (await in_flight.read()).HasField("started")
-            while not server.gate.active:
-                await asyncio.sleep(0.01)
-            stopping = asyncio.create_task(server.stop(grace=20))
-            while server.gate.phase != "draining":
-                await asyncio.sleep(0.01)
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert server.gate.active == 1
+            stopping = asyncio.create_task(server.stop(grace=120))
+            deadline = time.monotonic() + 10
+            health = await _health(channel)
+            while health != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                health = await _health(channel)
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                [r async for r in stub.Translate(_pcm_requests(0.1, 0))]  # config only: no send races
-            engine.push_gate.set()
+                [r async for r in stub.Translate(iter([pb.TranslateRequest(config=_stream_config())]))]
+            during = (stopping.done(), server.gate.active)
+            release.set()
             drained = []
             while (response := await in_flight.read()) is not grpc.aio.EOF:
                 drained.append(response)
-            await stopping
-        return plain, no_text, health.status, refused.value, drained, server.metrics.exposition().decode()
+            status = await in_flight.code()
+            await asyncio.wait_for(stopping, timeout=60)
+        return health, refused.value, during, drained, status, server.metrics.exposition().decode()
 
-    plain, no_text, health, refused, drained, text = asyncio.run(main())
-    kinds = [r.WhichOneof("event") for r in plain]
-    assert kinds[0] == "started" and kinds[-1] == "summary" and kinds.count("audio") == 1
-    started = plain[0].started
-    assert (started.task, started.voice, started.output_format.sample_rate_hz) == ("translate", "fake", 44100)
-    audio = next(r.audio for r in plain if r.HasField("audio"))
-    assert audio.sample_rate_hz == 44100 and abs(len(audio.data) / 4 - 22050) <= 2
-    np.testing.assert_allclose(np.frombuffer(audio.data, "<f4")[1000:2000], 0.25, atol=0.01)
-    texts = [r.text for r in plain if r.HasField("text")]
-    assert texts and all(t.kind == pb.TextEvent.TRANSLATION_FINAL and t.emitted.wall_s >= 0 for t in texts)
-    summary = plain[-1].summary
-    assert summary.audio_in_s == pytest.approx(1.0) and summary.translation.startswith("hello")
-    assert summary.first_audio_latency_s >= summary.first_text_latency_s >= 0
-    assert not any(r.HasField("text") for r in no_text) and no_text[-1].HasField("summary")
+    health, refused, during, drained, status, text = asyncio.run(main())
     assert health == health_pb2.HealthCheckResponse.NOT_SERVING
     assert refused.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.details()
-    assert drained[-1].HasField("summary")
-    assert 'relais_sessions_total{outcome="ok"} 3.0' in text and "relais_sessions_active 0.0" in text
-    assert 'relais_audio_seconds_total{direction="in"} 2.0' in text
+    assert during == (False, 1)  # stop() was waiting on the stream, not cutting it
+    assert status == grpc.StatusCode.OK
+    summary = drained[-1].summary
+    assert drained[-1].HasField("summary") and summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+    assert "added" in summary.translation.lower() and any(r.HasField("audio") for r in drained)
+    assert 'relais_sessions_total{outcome="ok"} 1.0' in text
+    assert 'relais_sessions_total{outcome="rejected"} 1.0' in text
 
-
-# --- the real engine (prepared model set, one load for the module) -------------------------------
 
 @pytest.fixture(scope="module")
-def live(model_set):
-    pytest.importorskip("relais.pipeline.engine")
-    config = ServerConfig().replace(server={**LOCAL, "max_sessions": 1}, models={"dir": str(model_set.root)},
-                                    runtime={"providers": ["cpu"]})
-    handle = start_in_process(config)
+def live(model_set, engine):
+    handle = start_in_process(_server_config(model_set, max_sessions=1), engine=engine)
     channel = grpc.insecure_channel(handle.address)
     yield handle, channel, pb_grpc.SpeechTranslatorStub(channel)
     channel.close()
@@ -355,8 +409,6 @@ def test_live_health_reflection_and_capabilities(live):
     assert caps.voices and caps.execution_provider == "cpu" and {m.name for m in caps.models} >= {"whisper-base"}
     assert _metric(_scrape(handle), "relais_model_load_seconds") > 0
 
-
-PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
 
 
 @pytest.mark.parametrize("first, message", [
