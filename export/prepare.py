@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 import relais
+from relais.eval.data import load_audio_16k
 from relais.models.manifest import ModelEntry, ModelSet, file_entries, load_model_set, ManifestError, MANIFEST_NAME
 from relais_export import EXPORT_VERSION
 from relais_export.errors import ExportError
@@ -81,18 +81,6 @@ def _up_to_date(previous: ModelSet | None, name: str, key: str) -> bool:
     return not single.check_files(hashes=False)
 
 
-def _load_audio(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != 16000:
-        import soxr
-
-        audio = soxr.resample(audio, sr, 16000)
-    return audio.astype(np.float32)
-
-
 def _whisper_checks(ckpt, model_dir: Path, precisions: tuple[str, ...], samples: list[tuple[str, Path, str, str]]) -> list[dict]:
     """Parity: ONNX fp32 greedy tokens must equal the transformers reference."""
     from relais.runtime.whisper import WhisperModel
@@ -101,7 +89,7 @@ def _whisper_checks(ckpt, model_dir: Path, precisions: tuple[str, ...], samples:
     checks = []
     models = {p: WhisperModel(model_dir, p) for p in precisions}
     for label, wav, task, language in samples:
-        audio = _load_audio(wav)
+        audio = load_audio_16k(wav)
         prompt = models["fp32"].prompt(task, language)
         ref = reference_greedy(ckpt, audio, prompt)
         check = {"sample": label, "task": task, "language": language, "reference_tokens": ref}

@@ -12,9 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 import relais
+from relais.eval.data import load_audio_16k
 from relais.models.manifest import ModelSet, load_model_set
 
 log = logging.getLogger(__name__)
@@ -39,15 +38,6 @@ def _sample_path(model_set: ModelSet, label: str) -> Path:
     return SAMPLES.get(label) or model_set.root / "samples" / f"{label}.wav"
 
 
-def _load_16k(path: Path) -> np.ndarray:
-    import soundfile as sf
-    import soxr
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    return soxr.resample(audio, sr, 16000).astype(np.float32) if sr != 16000 else audio
-
-
 def _verify_whisper(model_set: ModelSet, name: str, report: VerifyReport) -> None:
     from relais.runtime.whisper import WhisperModel
 
@@ -55,7 +45,7 @@ def _verify_whisper(model_set: ModelSet, name: str, report: VerifyReport) -> Non
     for precision in entry.facts.get("precisions", ["fp32"]):
         model = WhisperModel(model_set.path(name), precision)
         for check in entry.facts.get("checks", []):
-            audio = _load_16k(_sample_path(model_set, check["sample"]))
+            audio = load_audio_16k(_sample_path(model_set, check["sample"]))
             prompt = model.prompt(check["task"], check["language"])
             got = model.greedy(model.encode(audio, pad_to_s=30), prompt).tokens
             ref = check["reference_tokens"]
