@@ -106,3 +106,37 @@ def test_bad_session_settings_are_value_errors(engine):
     ):
         with pytest.raises(ValueError, match=message):
             engine.session_config(**kwargs)
+
+
+def test_scheduler_serialises_model_calls_across_threads(engine):
+    """Two streams in two threads: their model calls never overlap (one slot)."""
+    import threading
+
+    from relais.pipeline.scheduler import ModelScheduler
+
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def record(stage: str, seconds: float) -> None:
+        import time
+
+        end = time.perf_counter()
+        with lock:
+            spans.append((end - seconds, end))
+
+    previous = engine.scheduler
+    engine.scheduler = ModelScheduler(1, observer=record)
+    try:
+        audio = load_audio(load_manifest("fr_en_dev")[8].path)  # ~3 s clip
+        threads = [threading.Thread(target=stream, args=(engine, audio, 0.1), kwargs={"source_language": "fr",
+                                                                                   "return_audio": False})
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        engine.scheduler = previous
+    spans.sort()
+    assert len(spans) > 20
+    assert all(a_end <= b_start + 1e-4 for (_, a_end), (b_start, _) in zip(spans, spans[1:]))

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from relais.models.manifest import ModelEntry, load_model_set
+from relais.pipeline.scheduler import ModelScheduler
 from relais.runtime.ort import RuntimeConfig
 from relais.runtime.tts import PiperTts
 from relais.runtime.vad import SileroVad, VadConfig
@@ -53,6 +54,7 @@ class EngineConfig:
     max_utterance_s: float = 15.0  # a longer run of speech is cut (bounded cost per step)
     encoder_pad_s: float = 1.0  # silence appended to the audio the encoder sees
     context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
+    max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32", "fp16", "int8"):
@@ -122,6 +124,7 @@ class TranslationEngine:
             self.voices[tts.name] = tts
             self.voice_info[tts.name] = VoiceInfo(tts.name, (v.languages or ["?"])[0], tts.sample_rate_hz)
         self.stage_observer: Callable[[str, float], None] | None = None
+        self.scheduler = ModelScheduler(self.config.max_concurrent_calls, observer=self.observe)
         self.load_s = time.monotonic() - start
         log.info("engine ready: %s/%s on %s, voices %s (%.1f s)", entry.name, precision,
                  self.whisper.provider, sorted(self.voices), self.load_s)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,11 +249,7 @@ class StreamingSession:
         return [seg]
 
     def _timed(self, stage: str, fn, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            elapsed = time.perf_counter() - start
-            self.stats.compute_s += elapsed
-            self.stats.stage_s[stage] = self.stats.stage_s.get(stage, 0.0) + elapsed
-            self.engine.observe(stage, elapsed)
+        result, elapsed = self.engine.scheduler.run(stage, fn, *args, **kwargs)
+        self.stats.compute_s += elapsed
+        self.stats.stage_s[stage] = self.stats.stage_s.get(stage, 0.0) + elapsed
+        return result
