@@ -107,7 +107,7 @@ def evaluate(args, utts, levels: list[int]) -> dict:
         "machine": machine(), "server": args.server or f"in-process ({sut.address})", "mode": args.mode,
         "latency_mode": args.latency, "source_language": args.source, "target_language": args.target,
         "chunk_ms": options.chunk_ms, "longform": args.longform,
-        "command": "relais eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "relais eval",
+        "command": "relais " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
         "memory_source": ("RSS of this process (the in-process server, plus the eval client and models it loaded)"
                           if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),
         "normalisation": "Whisper English normaliser, then NFKC, lowercase, punctuation stripped; sacrebleu 13a"}}

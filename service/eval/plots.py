@@ -76,7 +76,7 @@ def memory_over_time(results: dict, path: Path) -> Path | None:
     ax.plot([t for t, _ in samples], [m for _, m in samples])
     ax.set_xlabel("wall time (s)")
     ax.set_ylabel("RSS (MB)")
-    ax.set_title(f"Server process memory ({results['meta'].get('memory_source')})")
+    ax.set_title("Server process RSS over the streaming run")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
