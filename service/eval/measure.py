@@ -30,6 +30,7 @@ from relais.eval.latency import (average_lagging, average_proportion, average_to
                                  simuleval_average_lagging, speech_timeline, word_delays)
 
 MODES = ("realtime", "simulated")
+MIN_SLOPE_POINTS, MIN_SLOPE_SPAN_S = 5, 10.0  # a lag drift needs a few points over a stretch of source
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, 
     if fig.lags:
         values = [p.lag_s for p in fig.lags]
         fig.lag_mean_s, fig.lag_max_s = statistics.mean(values), max(values)
-        fig.lag_slope = linear_slope([p.source_end_s for p in fig.lags], values)
+        ends = [p.source_end_s for p in fig.lags]
+        if len(ends) >= MIN_SLOPE_POINTS and max(ends) - min(ends) >= MIN_SLOPE_SPAN_S:
+            fig.lag_slope = linear_slope(ends, values)
     fig.client_wall_rtf = result.timings.client_rtf or None
     s = result.summary
     if s is not None:
