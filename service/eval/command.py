@@ -158,11 +158,18 @@ def _asr(args, batch, figs, results):
 
     recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models))
     results["meta"]["asr_model"] = f"{recogniser.info.path} ({recogniser.info.precision})"
+    from relais.eval.runner import progress
+
     by_id = {r.utterance.id: r.result for r in batch.runs if r.result is not None}
-    for f in figs:
+    todo = [f for f in figs if f.reference and len(by_id[f.id].audio)]
+    bar = progress(len(todo), "ASR of output speech")
+    for f in todo:
         result = by_id[f.id]
-        if f.reference and len(result.audio):
-            f.asr_text = recogniser.transcribe(result.audio, result.output_sample_rate_hz)
+        f.asr_text = recogniser.transcribe(result.audio, result.output_sample_rate_hz)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return recogniser
 
 
@@ -173,11 +180,12 @@ def _offline(args, engine, utts, recogniser) -> dict:
     from relais.eval.data import load_audio_16k
     from relais.eval.measure import UtteranceFigures
     from relais.eval.report import quality
+    from relais.eval.runner import progress
 
     rows, compute_s, source_s = [], 0.0, 0.0
-    for u in utts:
-        if not u.reference:
-            continue
+    todo = [u for u in utts if u.reference]
+    bar = progress(len(todo), "offline baseline")
+    for u in todo:
         audio = load_audio_16k(u.path)
         started = time.monotonic()
         out = offline_translate(engine, audio, u.id, args.source or None)
@@ -186,7 +194,10 @@ def _offline(args, engine, utts, recogniser) -> dict:
         asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
         rows.append({"id": u.id, "translation": out.translation, "asr_text": asr_text, "reference": u.reference,
                      "audio_out_s": len(out.audio) / out.sample_rate_hz})
-
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     figs = [UtteranceFigures(id=r["id"], duration_s=0.0, mode="offline", translation=r["translation"],
                              reference=r["reference"], asr_text=r["asr_text"], audio_out_s=r["audio_out_s"])
             for r in rows]

@@ -45,7 +45,8 @@ def options_for(mode: str, *, source_language: str, target_language: str, latenc
                             chunk_ms=chunk_ms, latency_mode=latency_mode, client_id="relais-eval")
 
 
-def _progress(total: int, desc: str):
+def progress(total: int, desc: str):
+    """A tqdm bar on stderr, or None without tqdm."""
     try:
         from tqdm import tqdm
     except ImportError:
@@ -60,7 +61,7 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     batch = BatchRun(concurrency=concurrency, mode=mode)
-    bar = _progress(len(utterances), desc)
+    bar = progress(len(utterances), desc)
     lock = threading.Lock()
     t0 = time.monotonic()
 
