@@ -36,10 +36,7 @@ def latency_bars(results: dict, path: Path) -> Path:
     ax.set_title(f"Per-utterance latency ({results['meta']['mode']})")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def lag_over_time(results: dict, path: Path, force: bool = False) -> Path | None:
@@ -61,10 +58,7 @@ def lag_over_time(results: dict, path: Path, force: bool = False) -> Path | None
     ax.set_title(f"Output lag over time ({results['meta']['mode']})")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def memory_over_time(results: dict, path: Path) -> Path | None:
@@ -78,10 +72,7 @@ def memory_over_time(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("RSS (MB)")
     ax.set_title("Server process RSS over the streaming run")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def lag_vs_concurrency(results: dict, path: Path) -> Path | None:
@@ -105,10 +96,7 @@ def lag_vs_concurrency(results: dict, path: Path) -> Path | None:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
@@ -118,3 +106,10 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
             memory_over_time(results, out_dir / "memory_over_time.png"),
             lag_vs_concurrency(results, out_dir / "lag_vs_concurrency.png")]
     return [p for p in made if p is not None]
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
