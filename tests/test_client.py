@@ -35,7 +35,7 @@ from relais.subtitles import (Cue, build_cues, format_timestamp, merge_spans, pa
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
 
-SAMPLE_FR = Path(__file__).resolve().parent.parent / "service" / "data" / "samples" / "fr_fleurs_1857.wav"
+SAMPLE_FR = Path(__file__).resolve().parent.parent / "service" / "relais" / "data" / "samples" / "fr_fleurs_1857.wav"
 REFERENCE_EN = ("he added that they should not however be asked to take on obligations that go beyond their "
                 "development stage responsibility and capabilities")
 

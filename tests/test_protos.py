@@ -1,4 +1,4 @@
-"""The committed generated code in service/v1 matches protos/ (CI fails when stale)."""
+"""The committed generated code in service/relais/v1 matches protos/ (CI fails when stale)."""
 
 from __future__ import annotations
 

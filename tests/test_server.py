@@ -30,7 +30,7 @@ from relais.server.metrics import RelaisMetrics
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
 
-SAMPLE_FR = Path(__file__).resolve().parent.parent / "service" / "data" / "samples" / "fr_fleurs_1857.wav"
+SAMPLE_FR = Path(__file__).resolve().parent.parent / "service" / "relais" / "data" / "samples" / "fr_fleurs_1857.wav"
 LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
 PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
 

@@ -128,7 +128,7 @@ def test_profile_errors_are_clear():
 
 def test_profile_keys_are_what_the_whisper_exporter_writes():
     """The metadata contract: every key the profiles read is written by whisper_facts()."""
-    source = (Path(__file__).parents[1] / "export" / "whisper" / "export.py").read_text()
+    source = (Path(__file__).parents[1] / "export" / "relais_export" / "whisper" / "export.py").read_text()
     fn = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == "whisper_facts")
     returned = next(n.value for n in ast.walk(fn) if isinstance(n, ast.Return) and isinstance(n.value, ast.Dict))
     written = {k.value for k in returned.keys if isinstance(k, ast.Constant)}

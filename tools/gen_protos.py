@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Generate the Python API code (messages, gRPC stubs, .pyi) from protos/.
 
-    python tools/gen_protos.py           # regenerate service/v1/ (commit the result)
+    python tools/gen_protos.py           # regenerate service/relais/v1/ (commit the result)
     python tools/gen_protos.py --check   # exit 1 if the committed files are stale
 
 protoc runs with ``-Iprotos`` into a temporary directory, so ``relais/v1/x.proto``
 becomes ``relais/v1/x_pb2.py`` there, importing ``relais.v1.x_pb2``; those files
-are then copied into ``service/v1/`` (the ``relais.v1`` package). Needs
+are then copied into ``service/relais/v1/`` (the ``relais.v1`` package). Needs
 grpcio-tools (the ``test`` extra). The generated code embeds the protoc and grpcio
 versions that made it and refuses older runtimes; ``--check`` ignores those
 version stamps, so a newer patch release of grpcio-tools does not fail CI.
@@ -27,7 +27,7 @@ log = logging.getLogger("gen_protos")
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_PACKAGE = Path("relais") / "v1"  # inside PROTO_ROOT
-OUT_DIR = ROOT / "service" / "v1"  # import name relais.v1
+OUT_DIR = ROOT / "service" / "relais" / "v1"  # import name relais.v1
 INIT_TEXT = '"""Generated gRPC/protobuf code for the Relais v1 API (tools/gen_protos.py; do not edit)."""\n'
 
 # Lines that only record which generator/runtime version produced the file.
@@ -105,7 +105,7 @@ def write(expected: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if service/v1/ is stale instead of writing")
+    parser.add_argument("--check", action="store_true", help="exit 1 if service/relais/v1/ is stale instead of writing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     expected = generate()
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("generated protobuf code is stale; run `python tools/gen_protos.py` and commit:\n%s",
                   "\n".join(problems))
         return 1
-    log.info("service/v1 is up to date with protos/")
+    log.info("service/relais/v1 is up to date with protos/")
     return 0
 
 

@@ -15,6 +15,10 @@ PYTHON=${PYTHON:-python3}
 pip install -q --upgrade pip
 pip install -q "torch==2.13.0"
 pip install -q -e ".[$extras]"
+# The editable install maps the two source roots through an import hook; also put them on
+# sys.path plainly so that path-based tools (static checkers, import-graph tools) follow imports.
+site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf '%s\n' "$PWD/service" "$PWD/export" > "$site/relais-src.pth"
 pip install -q --no-deps "silero-vad==6.2.3"
 if [[ "${1:-}" == "--test" ]]; then
   # Deployment checks (tests/test_deploy.py, tools/k8s_check.py): schema validator, Dockerfile

@@ -48,7 +48,7 @@ def default_eval_dir() -> Path:
     """$RELAIS_EVAL_DIR, else ../shared/eval beside the repository checkout."""
     if env := os.environ.get("RELAIS_EVAL_DIR"):
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "eval"
+    return Path(__file__).resolve().parents[3].parent / "shared" / "eval"
 
 
 def load_audio_16k(path: str | Path) -> np.ndarray:
