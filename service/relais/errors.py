@@ -1,0 +1,29 @@
+"""The project's own error types, shared by every layer that can refuse a request.
+
+They live here, in a module with no dependencies, so the pipeline, the audio
+decoder and the server can all raise them without importing each other. The
+server's interceptor (``relais.server.interceptor``) is the one place they become
+gRPC status codes:
+
+    InvalidRequest     -> INVALID_ARGUMENT (the message reaches the client)
+    ResourceExhausted  -> RESOURCE_EXHAUSTED
+    Unavailable        -> UNAVAILABLE
+    anything else      -> INTERNAL (no internal text reaches the client)
+
+Only raise ``InvalidRequest`` for something the client sent and can fix; a plain
+``ValueError`` from a bug stays INTERNAL.
+"""
+
+from __future__ import annotations
+
+
+class InvalidRequest(ValueError):
+    """The client sent something we cannot serve; the message says what to fix."""
+
+
+class ResourceExhausted(Exception):
+    """A limit was reached (concurrent sessions, session duration)."""
+
+
+class Unavailable(Exception):
+    """The server cannot take work right now (warming up, draining); retry elsewhere or later."""
