@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from relais.errors import InvalidRequest
 from relais.models.manifest import ModelEntry, load_model_set
 from relais.pipeline.scheduler import ModelScheduler
 from relais.runtime.ort import RuntimeConfig
@@ -159,27 +160,27 @@ class TranslationEngine:
             source = None
         target = (target_language or "").strip().lower()
         if not target:
-            raise ValueError("target_language is required (e.g. \"en\")")
+            raise InvalidRequest("target_language is required (e.g. \"en\")")
         if source is not None and source not in self.source_languages():
-            raise ValueError(f"source_language {source!r} is not supported; use one of "
-                             f"{', '.join(self.source_languages())} or \"auto\"")
+            raise InvalidRequest(f"source_language {source!r} is not supported; use one of "
+                                 f"{', '.join(self.source_languages())} or \"auto\"")
         if target == "en":
             task = "transcribe" if source == "en" else "translate"
         elif target == source:
             task = "transcribe"
         else:
-            raise ValueError(f"target_language {target!r} is not supported for source {source or 'auto'!r}: "
-                             f"this model set translates any of its source languages to \"en\" "
-                             f"(or transcribes a language into itself when a voice for it exists)")
+            raise InvalidRequest(f"target_language {target!r} is not supported for source {source or 'auto'!r}: "
+                                 f"this model set translates any of its source languages to \"en\" "
+                                 f"(or transcribes a language into itself when a voice for it exists)")
         if latency_mode not in LATENCY_PROFILES:
-            raise ValueError(f"latency_mode {latency_mode!r} unknown; use one of {sorted(LATENCY_PROFILES)}")
+            raise InvalidRequest(f"latency_mode {latency_mode!r} unknown; use one of {sorted(LATENCY_PROFILES)}")
         voice = voice or self._default_voice(target)
         if voice not in self.voice_info:
-            raise ValueError(f"voice {voice!r} not found; available voices: {', '.join(sorted(self.voice_info)) or 'none'}")
+            raise InvalidRequest(f"voice {voice!r} not found; available voices: {', '.join(sorted(self.voice_info)) or 'none'}")
         if return_audio and self.voice_info[voice].language != target:
-            raise ValueError(f"voice {voice!r} speaks {self.voice_info[voice].language!r}, not {target!r}")
+            raise InvalidRequest(f"voice {voice!r} speaks {self.voice_info[voice].language!r}, not {target!r}")
         if not (return_text or return_audio):
-            raise ValueError("return_text and return_audio are both false: the stream would return nothing")
+            raise InvalidRequest("return_text and return_audio are both false: the stream would return nothing")
         return SessionConfig(source, target, task, voice, self.voice_info[voice].sample_rate_hz,
                              return_text, return_audio, LATENCY_PROFILES[latency_mode])
 
@@ -187,8 +188,8 @@ class TranslationEngine:
         for name, info in sorted(self.voice_info.items()):
             if info.language == language:
                 return name
-        raise ValueError(f"no voice speaks {language!r}; available: "
-                         f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
+        raise InvalidRequest(f"no voice speaks {language!r}; available: "
+                             f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
 
     def new_session(self, cfg: SessionConfig):
         from relais.pipeline.session import StreamingSession
