@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relais.errors import InvalidRequest
+
 log = logging.getLogger(__name__)
 
 PIPELINE_RATE_HZ = 16000
@@ -37,7 +39,7 @@ class AudioFormatSpec:
 
 def check_rate(rate_hz: int, key: str) -> None:
     if not MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ:
-        raise ValueError(f"{key}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}..{MAX_RATE_HZ}")
+        raise InvalidRequest(f"{key}: sample rate {rate_hz} Hz is outside {MIN_RATE_HZ}..{MAX_RATE_HZ}")
 
 
 def _resampler(in_rate_hz: int, out_rate_hz: int):
@@ -69,7 +71,7 @@ class InputDecoder:
     def __init__(self, fmt: AudioFormatSpec):
         channels = fmt.channels or 1
         if not 1 <= channels <= MAX_CHANNELS:
-            raise ValueError(f"input_format.channels {channels} is outside 1..{MAX_CHANNELS}")
+            raise InvalidRequest(f"input_format.channels {channels} is outside 1..{MAX_CHANNELS}")
         self._encoding = fmt.encoding or UNSPECIFIED
         self._fmt = fmt
         self._channels = channels
@@ -80,7 +82,7 @@ class InputDecoder:
         self._wav_data_left: int | None = None  # bytes of the WAV data chunk still expected (None: unbounded)
         if self._encoding in _SAMPLE_DTYPES:
             if not fmt.sample_rate_hz:
-                raise ValueError(f"input_format.sample_rate_hz is required for {self._encoding}")
+                raise InvalidRequest(f"input_format.sample_rate_hz is required for {self._encoding}")
             check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
             self._set_layout(_PcmLayout(self._encoding, fmt.sample_rate_hz, channels))
         elif self._encoding == UNSPECIFIED:
@@ -88,8 +90,8 @@ class InputDecoder:
             if fmt.sample_rate_hz:
                 check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
         elif self._encoding != WAV:
-            raise ValueError(f"input_format.encoding {self._encoding} is not supported; "
-                             f"use PCM_S16LE, PCM_F32LE or WAV")
+            raise InvalidRequest(f"input_format.encoding {self._encoding} is not supported; "
+                                 f"use PCM_S16LE, PCM_F32LE or WAV")
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class InputDecoder:
     def flush(self) -> np.ndarray:
         if self._layout is None:
             if self._pending:
-                raise ValueError("the stream ended inside the WAV header (no 'data' chunk found)")
+                raise InvalidRequest("the stream ended inside the WAV header (no 'data' chunk found)")
             return np.zeros(0, np.float32)
         if self._pending:
             log.debug("dropping %d trailing bytes (a partial frame)", len(self._pending))
@@ -131,14 +133,14 @@ class InputDecoder:
                 return False
             if bytes(self._pending[:4]) != b"RIFF":
                 if not self._fmt.sample_rate_hz:
-                    raise ValueError("input_format.sample_rate_hz is required for PCM_S16LE "
-                                     "(the default input encoding); or send a WAV file with encoding WAV")
+                    raise InvalidRequest("input_format.sample_rate_hz is required for PCM_S16LE "
+                                         "(the default input encoding); or send a WAV file with encoding WAV")
                 self._set_layout(_PcmLayout(PCM_S16LE, self._fmt.sample_rate_hz, self._channels))
                 return True
         header = parse_wav_header(bytes(self._pending))
         if header is None:
             if len(self._pending) > _MAX_WAV_HEADER_BYTES:
-                raise ValueError(f"no WAV 'data' chunk within the first {_MAX_WAV_HEADER_BYTES} bytes")
+                raise InvalidRequest(f"no WAV 'data' chunk within the first {_MAX_WAV_HEADER_BYTES} bytes")
             return False
         layout, data_offset, data_bytes = header
         if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != layout.sample_rate_hz:
@@ -181,15 +183,15 @@ def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
     if len(data) < 12:
         return None
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError("input is not a WAV file (no RIFF/WAVE header); set input_format.encoding "
-                         "to PCM_S16LE or PCM_F32LE for raw samples")
+        raise InvalidRequest("input is not a WAV file (no RIFF/WAVE header); set input_format.encoding "
+                             "to PCM_S16LE or PCM_F32LE for raw samples")
     pos, layout = 12, None
     while pos + 8 <= len(data):
         chunk_id, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
         body = pos + 8
         if chunk_id == b"data":
             if layout is None:
-                raise ValueError("WAV: the 'data' chunk comes before the 'fmt ' chunk")
+                raise InvalidRequest("WAV: the 'data' chunk comes before the 'fmt ' chunk")
             unbounded = size in (0, 0xFFFFFFFF)  # streaming writers leave the size open
             return layout, body, None if unbounded else size
         if chunk_id == b"fmt ":
@@ -202,7 +204,7 @@ def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
 
 def _wav_layout(fmt: bytes) -> _PcmLayout:
     if len(fmt) < 16:
-        raise ValueError(f"WAV: 'fmt ' chunk is {len(fmt)} bytes, expected at least 16")
+        raise InvalidRequest(f"WAV: 'fmt ' chunk is {len(fmt)} bytes, expected at least 16")
     tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
     if tag == _WAVE_FORMAT_EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack_from("<H", fmt, 24)[0]  # first two bytes of the sub-format GUID
@@ -212,10 +214,10 @@ def _wav_layout(fmt: bytes) -> _PcmLayout:
         encoding = PCM_F32LE
     else:
         kind = {_WAVE_FORMAT_PCM: "PCM", _WAVE_FORMAT_FLOAT: "float"}.get(tag, f"format tag {tag:#x}")
-        raise ValueError(f"WAV: {bits}-bit {kind} is not supported; send 16-bit PCM or 32-bit float WAV "
-                         f"(e.g. `sox in.wav -b 16 out.wav`)")
+        raise InvalidRequest(f"WAV: {bits}-bit {kind} is not supported; send 16-bit PCM or 32-bit float WAV "
+                             f"(e.g. `sox in.wav -b 16 out.wav`)")
     if not 1 <= channels <= MAX_CHANNELS:
-        raise ValueError(f"WAV: {channels} channels is outside 1..{MAX_CHANNELS}")
+        raise InvalidRequest(f"WAV: {channels} channels is outside 1..{MAX_CHANNELS}")
     check_rate(rate, "WAV sample rate")
     return _PcmLayout(encoding, rate, channels)
 
@@ -228,10 +230,10 @@ class OutputEncoder:
         if encoding == UNSPECIFIED:
             encoding = PCM_S16LE
         if encoding not in _SAMPLE_DTYPES:
-            raise ValueError(f"output_format.encoding {encoding} is not supported for streamed speech; "
-                             f"use PCM_S16LE or PCM_F32LE")
+            raise InvalidRequest(f"output_format.encoding {encoding} is not supported for streamed speech; "
+                                 f"use PCM_S16LE or PCM_F32LE")
         if fmt.channels not in (0, 1):
-            raise ValueError(f"output_format.channels {fmt.channels}: output is mono, use 0 or 1")
+            raise InvalidRequest(f"output_format.channels {fmt.channels}: output is mono, use 0 or 1")
         if fmt.sample_rate_hz:
             check_rate(fmt.sample_rate_hz, "output_format.sample_rate_hz")
         self.encoding = encoding
