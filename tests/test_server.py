@@ -25,7 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import load_audio, load_manifest
 from relais.server.app import build_server, start_in_process
 from relais.server.config import ServerConfig, load_config
-from relais.server.interceptor import ErrorMappingInterceptor, ResourceExhausted, Unavailable
+from relais.models.manifest import ManifestError
+from relais.server.interceptor import ErrorMappingInterceptor, InvalidRequest, ResourceExhausted, Unavailable
 from relais.server.metrics import RelaisMetrics
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
@@ -67,8 +68,10 @@ def test_config_errors_name_the_key(tmp_path, yaml_text, env, message):
 # --- error mapping -----------------------------------------------------------------------------
 
 def _raise_for(payload: bytes):
-    errors = {b"value": ValueError("sample_rate_hz must be set"), b"full": ResourceExhausted("at the limit"),
-              b"busy": Unavailable("warming up"), b"boom": RuntimeError("secret internals")}
+    errors = {b"value": InvalidRequest("sample_rate_hz must be set"), b"full": ResourceExhausted("at the limit"),
+              b"busy": Unavailable("warming up"), b"boom": RuntimeError("secret internals"),
+              b"plain": ValueError("secret shape (3, 2) != (2, 3)"),
+              b"manifest": ManifestError("secret /srv/models/manifest.json is broken")}
     if payload in errors:
         raise errors[payload]
     return payload
@@ -90,7 +93,9 @@ async def _stream_coro(request_iterator, context):
         _raise_for(request)
 
 
-def test_interceptor_maps_exceptions_to_status_codes():
+def test_interceptor_maps_exceptions_to_status_codes(caplog):
+    """Only InvalidRequest is the client's fault; a plain ValueError or a ManifestError is INTERNAL,
+    with a request id that finds the traceback in the log and no internal text in the message."""
     metrics = RelaisMetrics()
 
     async def main():
@@ -104,7 +109,7 @@ def test_interceptor_maps_exceptions_to_status_codes():
         await server.start()
         results = {}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            for payload in (b"fine", b"value", b"full", b"busy", b"boom"):
+            for payload in (b"fine", b"value", b"full", b"busy", b"boom", b"plain", b"manifest"):
                 try:
                     results["Unary", payload] = ("OK", await channel.unary_unary("/test.Errors/Unary")(payload))
                 except grpc.aio.AioRpcError as err:
@@ -120,19 +125,24 @@ def test_interceptor_maps_exceptions_to_status_codes():
         await server.stop(0)
         return results
 
-    results = asyncio.run(main())
+    with caplog.at_level("ERROR", logger="relais.server.interceptor"):
+        results = asyncio.run(main())
     assert results["Unary", b"fine"] == ("OK", b"fine")
     assert results["Unary", b"value"] == ("INVALID_ARGUMENT", "sample_rate_hz must be set")
     assert results["Unary", b"full"] == ("RESOURCE_EXHAUSTED", "at the limit")
     assert results["Unary", b"busy"] == ("UNAVAILABLE", "warming up")
-    code, details = results["Unary", b"boom"]
-    assert code == "INTERNAL" and details.startswith("internal error; see server logs, request id ")
-    assert "secret" not in details
+    for payload in (b"boom", b"plain", b"manifest"):
+        code, details = results["Unary", payload]
+        assert code == "INTERNAL" and details.startswith("internal error; see server logs, request id ")
+        assert "secret" not in details
+        request_id = details.rsplit(" ", 1)[-1]
+        logged = [r for r in caplog.records if request_id in r.getMessage()]
+        assert len(logged) == 1 and "secret" in str(logged[0].exc_info[1])
     for method in ("Gen", "Coro"):
         assert results[method] == ([b"ok:value"], "INVALID_ARGUMENT", "sample_rate_hz must be set")
     text = metrics.exposition().decode()
     assert 'relais_errors_total{code="INVALID_ARGUMENT"} 3.0' in text
-    assert 'relais_errors_total{code="INTERNAL"} 1.0' in text
+    assert 'relais_errors_total{code="INTERNAL"} 3.0' in text
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -422,6 +432,8 @@ def test_live_health_reflection_and_capabilities(live):
     (pb.StreamConfig(target_language="en", input_format=pb.AudioFormat(encoding=pb.PCM_F32LE)),
      "input_format.sample_rate_hz is required for PCM_F32LE"),
     (pb.StreamConfig(target_language="en", voice="nobody", input_format=PCM16K), "voice 'nobody' not found"),
+    (pb.StreamConfig(target_language="en", input_format=PCM16K, output_format=pb.AudioFormat(channels=2)),
+     "output is mono"),
 ])
 def test_live_bad_config_is_invalid_argument(live, first, message):
     _, _, stub = live
@@ -430,6 +442,24 @@ def test_live_bad_config_is_invalid_argument(live, first, message):
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Translate(iter([request])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in err.value.details()
+
+
+@pytest.mark.parametrize("audio, message", [
+    (b"ID3\x04not a wav file at all" * 4, "input is not a WAV file (no RIFF/WAVE header)"),
+    (b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x80\x3e\0\0\0\x7d\0\0\x02\0\x18\0data\0\0\0\0",
+     "WAV: 24-bit"),
+])
+def test_live_bad_audio_mid_stream_is_invalid_argument(live, audio, message):
+    """Errors from the audio decoder (raised after the stream started) reach the client as
+    INVALID_ARGUMENT with the decoder's message, not as INTERNAL."""
+    _, _, stub = live
+    requests = [pb.TranslateRequest(config=pb.StreamConfig(target_language="en",
+                                                           input_format=pb.AudioFormat(encoding=pb.WAV))),
+                pb.TranslateRequest(audio=pb.AudioChunk(data=audio))]
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Translate(iter(requests), timeout=60))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert message in err.value.details()
 
 

@@ -3,14 +3,20 @@
 Handlers raise; this grpc.aio server interceptor turns what escapes them into a
 status:
 
-    ValueError (incl. InvalidRequest)  -> INVALID_ARGUMENT  (message passed through)
-    ResourceExhausted                  -> RESOURCE_EXHAUSTED
-    Unavailable (warming, draining)    -> UNAVAILABLE
-    anything else                      -> INTERNAL, "internal error; see server logs, request id X"
-                                          (traceback logged under that id)
+    InvalidRequest                   -> INVALID_ARGUMENT  (message passed through)
+    ResourceExhausted                -> RESOURCE_EXHAUSTED
+    Unavailable (warming, draining)  -> UNAVAILABLE
+    anything else                    -> INTERNAL, "internal error; see server logs, request id X"
+                                        (traceback logged under that id; no internal text
+                                        reaches the client)
 
 and counts each in ``relais_errors_total{code}``. Cancellation (the client went away)
 and aborts a handler made itself pass through untouched.
+
+The error types live in ``relais.errors`` (no dependencies, so the pipeline and the
+audio decoder raise them without importing the server) and are re-exported here.
+Only ``InvalidRequest`` means "the client can fix this": a plain ``ValueError`` (a
+shape bug, a ``ManifestError``) is an internal fault and stays INTERNAL.
 """
 
 from __future__ import annotations
@@ -23,24 +29,16 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
+from relais.errors import InvalidRequest, ResourceExhausted, Unavailable
+
+__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "ResourceExhausted", "Unavailable", "status_for"]
+
 log = logging.getLogger(__name__)
-
-
-class InvalidRequest(ValueError):
-    """The client sent something we cannot serve; the message says what to fix."""
-
-
-class ResourceExhausted(Exception):
-    """A limit was reached (concurrent sessions, session duration)."""
-
-
-class Unavailable(Exception):
-    """The server cannot take work right now (warming up, draining); retry elsewhere or later."""
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and client-facing message for an exception (INTERNAL gets a placeholder)."""
-    if isinstance(exc, ValueError):
+    if isinstance(exc, InvalidRequest):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc) or "invalid request"
     if isinstance(exc, ResourceExhausted):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) or "resource exhausted"
