@@ -65,6 +65,27 @@ def test_config_errors_name_the_key(tmp_path, yaml_text, env, message):
         load_config(path, env=env)
 
 
+def test_config_rules_are_defined_once():
+    """The server config, the engine and the runtime give the same answer (one definition each)."""
+    from relais.pipeline.engine import EngineConfig
+    from relais.runtime.ort import RuntimeConfig
+
+    messages = []
+    for build in (lambda: load_config(env={"RELAIS_MODELS_PRECISION": "fp8"}),
+                  lambda: EngineConfig(precision="fp8")):
+        with pytest.raises(ValueError) as err:
+            build()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] == "models.precision: must be one of ['auto', 'fp32', 'fp16', 'int8'], got 'fp8'"
+    for env, kwargs in (({"RELAIS_RUNTIME_PROVIDERS": "gpu"}, {"providers": ("gpu",)}),
+                        ({"RELAIS_RUNTIME_INTRA_OP_THREADS": "-1"}, {"intra_op_threads": -1})):
+        with pytest.raises(ValueError) as from_config:
+            load_config(env=env)
+        with pytest.raises(ValueError) as from_runtime:
+            RuntimeConfig(**kwargs)
+        assert str(from_config.value) == str(from_runtime.value)
+
+
 # --- error mapping -----------------------------------------------------------------------------
 
 def _raise_for(payload: bytes):

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from relais.runtime.ort import PRECISIONS
 from relais_export.errors import ExportError, require
 from relais_export.metadata import set_metadata
 from relais_export.whisper.checkpoint import WhisperCheckpoint
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
 SAMPLE_RATE_HZ = 16000
 N_FFT = 400
 HOP_LENGTH = 160

@@ -19,7 +19,7 @@ import numpy as np
 from relais.errors import InvalidRequest
 from relais.models.manifest import ModelEntry, load_model_set
 from relais.pipeline.scheduler import ModelScheduler
-from relais.runtime.ort import RuntimeConfig
+from relais.runtime.ort import RuntimeConfig, check_precision
 from relais.runtime.tts import PiperTts
 from relais.runtime.vad import SileroVad, VadConfig
 from relais.runtime.whisper import WhisperModel
@@ -58,8 +58,7 @@ class EngineConfig:
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
 
     def __post_init__(self):
-        if self.precision not in ("auto", "fp32", "fp16", "int8"):
-            raise ValueError(f"models.precision must be auto, fp32, fp16 or int8, got {self.precision!r}")
+        check_precision(self.precision, key="models.precision")
         if not 2.0 <= self.max_utterance_s <= 28.0:
             raise ValueError(f"max_utterance_s must be within 2..28 s (Whisper sees 30 s), got {self.max_utterance_s}")
 

@@ -6,8 +6,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 log = logging.getLogger(__name__)
+
+# Numeric precisions a Whisper export can hold (encoder.<p>.onnx, decoder.<p>.onnx), and
+# what a server may ask for: "auto" picks fp16 on a GPU, int8 on CPU, else fp32.
+# The one definition: server config, engine, CLI and export all check against these.
+PRECISIONS = ("fp32", "fp16", "int8")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -27,18 +37,32 @@ class RuntimeConfig:
     device_id: int = 0
 
     def __post_init__(self):
-        unknown = [p for p in self.providers if p not in PROVIDER_ALIASES]
-        if unknown:
-            raise ValueError(
-                f"runtime.providers: unknown provider(s) {unknown}; choose from {sorted(PROVIDER_ALIASES)}"
-            )
-        if not self.providers:
-            raise ValueError("runtime.providers must name at least one provider (e.g. ['cpu'])")
+        check_runtime(self.providers, self.intra_op_threads)
+
+
+def check_runtime(providers: tuple[str, ...], intra_op_threads: int) -> None:
+    """The runtime settings' rules (a ValueError naming the key), shared with the server config."""
+    if not providers:
+        raise ValueError(f"runtime.providers: must name at least one provider (e.g. [cpu]), got {list(providers)}")
+    unknown = [p for p in providers if p not in PROVIDER_ALIASES]
+    if unknown:
+        raise ValueError(f"runtime.providers: unknown provider(s) {unknown}; choose from "
+                         f"{sorted(PROVIDER_ALIASES)}, got {list(providers)}")
+    if intra_op_threads < 0:
+        raise ValueError(f"runtime.intra_op_threads: must be >= 0 (0 = ONNX Runtime default), got {intra_op_threads}")
+
+
+def check_precision(value: str, *, allow_auto: bool = True, key: str = "models.precision") -> str:
+    """``value`` if it names a precision (``auto`` too when allowed), else a ValueError naming ``key``."""
+    choices = PRECISION_CHOICES if allow_auto else PRECISIONS
+    if value not in choices:
+        raise ValueError(f"{key}: must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 @dataclass
 class LoadedSession:
-    session: object  # onnxruntime.InferenceSession
+    session: onnxruntime.InferenceSession
     provider: str  # the short name of the provider that runs it
     path: str
     input_names: list[str] = field(default_factory=list)

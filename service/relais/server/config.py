@@ -18,12 +18,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from relais.runtime.ort import RuntimeConfig, check_precision, check_runtime
+
+if TYPE_CHECKING:
+    from relais.pipeline.engine import EngineConfig
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "RELAIS_"
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
 _SECRET_HINTS = ("password", "secret", "token", "credential")
 
 
@@ -59,8 +63,7 @@ class ModelsSection:
     precision: str = "auto"
 
     def validate(self) -> None:
-        _check(self.precision in PRECISIONS, "models.precision", f"must be one of {list(PRECISIONS)}",
-               self.precision)
+        check_precision(self.precision, key="models.precision")
 
 
 @dataclass(frozen=True)
@@ -70,15 +73,11 @@ class RuntimeSection:
     trt_cache_dir: str = ""
 
     def validate(self) -> None:
-        from relais.runtime.ort import PROVIDER_ALIASES
+        check_runtime(self.providers, self.intra_op_threads)  # the rules live with RuntimeConfig
 
-        _check(len(self.providers) > 0, "runtime.providers", "must name at least one provider (e.g. [cpu])",
-               list(self.providers))
-        unknown = [p for p in self.providers if p not in PROVIDER_ALIASES]
-        _check(not unknown, "runtime.providers", f"unknown provider(s) {unknown}; choose from "
-               f"{sorted(PROVIDER_ALIASES)}", list(self.providers))
-        _check(self.intra_op_threads >= 0, "runtime.intra_op_threads", "must be >= 0 (0 = ONNX Runtime default)",
-               self.intra_op_threads)
+    def runtime_config(self) -> RuntimeConfig:
+        return RuntimeConfig(providers=tuple(self.providers), intra_op_threads=self.intra_op_threads,
+                             trt_cache_dir=self.trt_cache_dir)
 
 
 @dataclass(frozen=True)
@@ -105,16 +104,13 @@ class ServerConfig:
                                 list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
         return out
 
-    def engine_config(self):
+    def engine_config(self) -> EngineConfig:
         """The relais.pipeline.engine.EngineConfig these settings describe."""
         from relais.pipeline.engine import EngineConfig
-        from relais.runtime.ort import RuntimeConfig
 
-        runtime = RuntimeConfig(providers=tuple(self.runtime.providers),
-                                intra_op_threads=self.runtime.intra_op_threads,
-                                trt_cache_dir=self.runtime.trt_cache_dir)
         models_dir = Path(self.models.dir).expanduser() if self.models.dir else None
-        return EngineConfig(models_dir=models_dir, precision=self.models.precision, runtime=runtime)
+        return EngineConfig(models_dir=models_dir, precision=self.models.precision,
+                            runtime=self.runtime.runtime_config())
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
