@@ -30,6 +30,7 @@ import soundfile as sf
 from conftest import load_audio, load_manifest
 from relais import cli
 from relais.client import Arrival, TextReceived, TranslateClient, TranslateOptions, _assemble
+from relais.console import LiveText
 from relais.subtitles import (Cue, build_cues, format_timestamp, merge_spans, parse_timestamp, parse_vtt, render_vtt,
                               split_cue, wrap_lines)
 from relais.v1 import translator_pb2 as pb
@@ -210,7 +211,7 @@ def _text(kind: str, text: str) -> TextReceived:
 @pytest.mark.parametrize("tty", [True, False])
 def test_live_text_partials_on_tty_only(tty):
     out, err = io.StringIO(), (_Tty() if tty else io.StringIO())
-    display = cli._LiveText(out, err)
+    display = LiveText(out, err)
     for event in (_text("translation_partial", "he add"), _text("source_final", "il a"),
                   _text("translation_final", "He added"), _text("translation_partial", "that")):
         display(event)
