@@ -16,6 +16,8 @@ import platform
 import sys
 from pathlib import Path
 
+from relais.console import LATENCY_CHOICES, LATENCY_HELP
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "set's whisper-base, fp32)")
     p.add_argument("--from", dest="source", default="fr", help="source language (default fr; '' = detect)")
     p.add_argument("--to", dest="target", default="en", help="target language (default en)")
-    p.add_argument("--latency", choices=["low", "balanced", "quality"], default="balanced")
+    p.add_argument("--latency", choices=LATENCY_CHOICES, default="balanced", help=LATENCY_HELP)
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
     p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
