@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relais.eval.data import Utterance, default_eval_dir, load_audio_16k, read_manifest
+from relais.audio.files import load_audio_16k
+from relais.eval.data import Utterance, default_eval_dir, read_manifest
 from relais.eval.scores import normalise  # noqa: F401  (re-exported for tests)
 
 

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from relais.eval.data import default_eval_dir, load_audio_16k, read_manifest
+from relais.audio.files import load_audio_16k
+from relais.eval.data import default_eval_dir, read_manifest
 from relais.eval.scores import bleu, wer
 from relais.runtime.ort import RuntimeConfig
 from relais.runtime.whisper import WhisperModel

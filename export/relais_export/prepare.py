@@ -21,7 +21,9 @@ from pathlib import Path
 
 
 import relais
-from relais.eval.data import load_audio_16k
+from relais.audio import PIPELINE_RATE_HZ
+from relais.audio.files import load_audio_16k
+from relais.audio.pcm import resample
 from relais.models.manifest import ModelEntry, ModelSet, file_entries, load_model_set, ManifestError, MANIFEST_NAME
 from relais_export import EXPORT_VERSION
 from relais_export.errors import ExportError
@@ -186,7 +188,6 @@ def _prepare_voice(root: Path, previous) -> ModelEntry:
 def _english_sample(root: Path, voice: ModelEntry) -> Path:
     """An English check clip for tiny.en, spoken by the bundled voice (kept on disk)."""
     import soundfile as sf
-    import soxr
 
     from relais.runtime.tts import PiperTts
 
@@ -195,7 +196,7 @@ def _english_sample(root: Path, voice: ModelEntry) -> Path:
         path.parent.mkdir(exist_ok=True)
         tts = PiperTts(root / voice.dir)
         audio = tts.synthesize(SAMPLE_EN_TEXT)
-        sf.write(str(path), soxr.resample(audio, tts.sample_rate_hz, 16000), 16000)
+        sf.write(str(path), resample(audio, tts.sample_rate_hz, PIPELINE_RATE_HZ), PIPELINE_RATE_HZ)
     return path
 
 

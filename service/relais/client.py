@@ -24,6 +24,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from relais.audio.files import read_pcm16
+from relais.audio.pcm import as_pcm16, pcm16_to_float
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
 
@@ -179,28 +181,6 @@ class ClientResult:
         return len(self.audio) / self.output_sample_rate_hz if self.output_sample_rate_hz else 0.0
 
 
-# --- audio in ----------------------------------------------------------------------------------
-
-def read_audio_file(path: str | Path) -> tuple[np.ndarray, int]:
-    """Any soundfile-readable file as int16 samples (frames x channels) and its rate."""
-    import soundfile as sf
-
-    try:
-        samples, rate_hz = sf.read(str(path), dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise ValueError(f"cannot read audio file {path}: {exc}") from None
-    return samples, int(rate_hz)
-
-
-def _as_int16(samples: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples)
-    if samples.dtype == np.int16:
-        return samples
-    if np.issubdtype(samples.dtype, np.floating):
-        return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype(np.int16)
-    raise ValueError(f"audio must be int16 or float in [-1, 1], got {samples.dtype}")
-
-
 class _Clock:
     """Wall seconds since the first audio chunk was handed to gRPC, and source seconds sent."""
 
@@ -306,8 +286,8 @@ class TranslateClient:
 
     def translate_file(self, path: str | Path, options: TranslateOptions,
                        on_event: Callable[[ClientEvent], None] | None = None) -> ClientResult:
-        samples, rate_hz = read_audio_file(path)
-        return self.translate_audio(samples, rate_hz, options, on_event)
+        audio = read_pcm16(path)
+        return self.translate_audio(audio.samples, audio.sample_rate_hz, options, on_event)
 
     def translate_audio(self, samples: np.ndarray, sample_rate_hz: int, options: TranslateOptions,
                         on_event: Callable[[ClientEvent], None] | None = None) -> ClientResult:
@@ -316,7 +296,7 @@ class TranslateClient:
         ``on_event`` is called on the receiving thread as each response arrives (for live display).
         """
         options.validate()
-        samples = _as_int16(samples)
+        samples = as_pcm16(samples)
         if samples.ndim == 1:
             samples = samples[:, None]
         config = _stream_config(options, sample_rate_hz, samples.shape[1])
@@ -334,7 +314,7 @@ class TranslateClient:
                 if event is None:
                     continue
                 if isinstance(event, AudioReceived):
-                    pieces.append((event.output_start_s, _pcm_of(response.audio.data)))
+                    pieces.append((event.output_start_s, pcm16_to_float(response.audio.data)))
                 result.events.append(event)
                 if on_event is not None:
                     on_event(event)
@@ -396,11 +376,6 @@ def _event_of(response: pb.TranslateResponse, arrival: Arrival, result: ClientRe
         return result.summary
     log.warning("ignoring an unknown response (%s)", which)
     return None
-
-
-def _pcm_of(data: bytes) -> np.ndarray:
-    usable = len(data) - len(data) % 2
-    return np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
 
 
 def _assemble(pieces: list[tuple[float, np.ndarray]], rate_hz: int) -> np.ndarray:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from relais.audio import PIPELINE_RATE_HZ
+from relais.audio.pcm import resample
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 28.0
@@ -45,13 +48,6 @@ def split_windows(audio: np.ndarray, rate_hz: int, max_s: float = WINDOW_S) -> l
     return [p for p in out if len(p)]
 
 
-def _to_16k(audio: np.ndarray, rate_hz: int) -> np.ndarray:
-    import soxr
-
-    audio = np.asarray(audio, dtype=np.float32)
-    return audio if rate_hz == 16000 else soxr.resample(audio, rate_hz, 16000).astype(np.float32)
-
-
 class SpeechRecogniser:
     """English transcription of output speech with an exported Whisper model directory."""
 
@@ -71,7 +67,7 @@ class SpeechRecogniser:
         if audio is None or len(audio) == 0:
             return ""
         language = "en" if self.model.multilingual else None
-        pieces = split_windows(_to_16k(audio, rate_hz), 16000)
+        pieces = split_windows(resample(audio, rate_hz, PIPELINE_RATE_HZ), PIPELINE_RATE_HZ)
         return " ".join(self.model.transcribe(p, "transcribe", language).text.strip() for p in pieces).strip()
 
 

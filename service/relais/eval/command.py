@@ -179,7 +179,7 @@ def _offline(args, engine, utts, recogniser) -> dict:
     import time
 
     from relais.eval.asr import offline_translate
-    from relais.eval.data import load_audio_16k
+    from relais.audio.files import load_audio_16k
     from relais.eval.measure import UtteranceFigures
     from relais.eval.report import quality
     from relais.eval.runner import progress

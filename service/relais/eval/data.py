@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 SOURCE_COLUMNS = ("source_text", "source_text_fr", "transcript_en", "transcript")
 REFERENCE_COLUMNS = ("reference", "reference_en", "translation")
 
@@ -49,15 +47,3 @@ def default_eval_dir() -> Path:
     if env := os.environ.get("RELAIS_EVAL_DIR"):
         return Path(env)
     return Path(__file__).resolve().parents[3].parent / "shared" / "eval"
-
-
-def load_audio_16k(path: str | Path) -> np.ndarray:
-    """Mono float32 at 16 kHz, whatever the file's rate and channel count."""
-    import soundfile as sf
-    import soxr
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != 16000:
-        audio = soxr.resample(audio, sr, 16000)
-    return np.ascontiguousarray(audio, dtype=np.float32)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import relais
-from relais.eval.data import load_audio_16k
+from relais.audio.files import load_audio_16k
 from relais.models.manifest import ModelSet, load_model_set
 
 log = logging.getLogger(__name__)

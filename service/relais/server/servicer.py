@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from relais.pipeline.events import SpeechSegment, TextKind, TextSegment
-from relais.server.audio_io import PIPELINE_RATE_HZ, AudioFormatSpec, InputDecoder, OutputEncoder
+from relais.audio.stream import PIPELINE_RATE_HZ, AudioFormatSpec, InputDecoder, OutputEncoder
 from relais.server.interceptor import InvalidRequest, ResourceExhausted, Unavailable
 from relais.server.metrics import RelaisMetrics
 from relais.v1 import translator_pb2 as pb

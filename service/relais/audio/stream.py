@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from relais.audio import PIPELINE_RATE_HZ
+from relais.audio.pcm import float_to_pcm16, pcm16_to_float, resample
 from relais.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-PIPELINE_RATE_HZ = 16000
+__all__ = ["PIPELINE_RATE_HZ", "AudioFormatSpec", "InputDecoder", "OutputEncoder", "PcmLayout", "WavHeader",
+           "parse_wav_header"]
 MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
 MAX_CHANNELS = 32
 UNSPECIFIED = "AUDIO_ENCODING_UNSPECIFIED"
@@ -51,7 +54,9 @@ def _resampler(in_rate_hz: int, out_rate_hz: int):
 
 
 @dataclass(frozen=True)
-class _PcmLayout:
+class PcmLayout:
+    """How raw samples are laid out: encoding, rate and interleaved channels."""
+
     encoding: str  # PCM_S16LE or PCM_F32LE
     sample_rate_hz: int
     channels: int
@@ -59,6 +64,15 @@ class _PcmLayout:
     @property
     def frame_bytes(self) -> int:
         return _SAMPLE_DTYPES[self.encoding].itemsize * self.channels
+
+
+@dataclass(frozen=True)
+class WavHeader:
+    """What a RIFF/WAVE header says: the sample layout and where the samples are."""
+
+    layout: PcmLayout
+    data_offset: int  # bytes from the start of the file to the first sample
+    data_bytes: int | None  # size of the 'data' chunk; None: unbounded (a streaming writer left it open)
 
 
 class InputDecoder:
@@ -78,13 +92,13 @@ class InputDecoder:
         self._pending = bytearray()  # header bytes, or a partial frame
         self._resampler = None
         self.frames_in = 0  # input frames decoded so far
-        self._layout: _PcmLayout | None = None
+        self._layout: PcmLayout | None = None
         self._wav_data_left: int | None = None  # bytes of the WAV data chunk still expected (None: unbounded)
         if self._encoding in _SAMPLE_DTYPES:
             if not fmt.sample_rate_hz:
                 raise InvalidRequest(f"input_format.sample_rate_hz is required for {self._encoding}")
             check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
-            self._set_layout(_PcmLayout(self._encoding, fmt.sample_rate_hz, channels))
+            self._set_layout(PcmLayout(self._encoding, fmt.sample_rate_hz, channels))
         elif self._encoding == UNSPECIFIED:
             # PCM_S16LE, unless the first bytes are a RIFF header; the rate is needed only for PCM.
             if fmt.sample_rate_hz:
@@ -122,7 +136,7 @@ class InputDecoder:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _set_layout(self, layout: _PcmLayout) -> None:
+    def _set_layout(self, layout: PcmLayout) -> None:
         self._layout = layout
         self._resampler = _resampler(layout.sample_rate_hz, PIPELINE_RATE_HZ)
 
@@ -135,20 +149,19 @@ class InputDecoder:
                 if not self._fmt.sample_rate_hz:
                     raise InvalidRequest("input_format.sample_rate_hz is required for PCM_S16LE "
                                          "(the default input encoding); or send a WAV file with encoding WAV")
-                self._set_layout(_PcmLayout(PCM_S16LE, self._fmt.sample_rate_hz, self._channels))
+                self._set_layout(PcmLayout(PCM_S16LE, self._fmt.sample_rate_hz, self._channels))
                 return True
         header = parse_wav_header(bytes(self._pending))
         if header is None:
             if len(self._pending) > _MAX_WAV_HEADER_BYTES:
                 raise InvalidRequest(f"no WAV 'data' chunk within the first {_MAX_WAV_HEADER_BYTES} bytes")
             return False
-        layout, data_offset, data_bytes = header
-        if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != layout.sample_rate_hz:
+        if self._fmt.sample_rate_hz and self._fmt.sample_rate_hz != header.layout.sample_rate_hz:
             log.info("WAV header says %d Hz, config said %d Hz: using the header",
-                     layout.sample_rate_hz, self._fmt.sample_rate_hz)
-        del self._pending[:data_offset]
-        self._wav_data_left = data_bytes
-        self._set_layout(layout)
+                     header.layout.sample_rate_hz, self._fmt.sample_rate_hz)
+        del self._pending[:header.data_offset]
+        self._wav_data_left = header.data_bytes
+        self._set_layout(header.layout)
         return True
 
     def _take_frames(self) -> np.ndarray:
@@ -164,9 +177,7 @@ class InputDecoder:
             if self._wav_data_left < layout.frame_bytes:
                 self._pending.clear()  # chunks after the data (LIST...) are not audio
         samples = np.frombuffer(raw, dtype=_SAMPLE_DTYPES[layout.encoding])
-        audio = samples.astype(np.float32)
-        if layout.encoding == PCM_S16LE:
-            audio *= 1.0 / 32768.0
+        audio = pcm16_to_float(samples) if layout.encoding == PCM_S16LE else samples.astype(np.float32)
         if layout.channels > 1:
             audio = audio.reshape(-1, layout.channels).mean(axis=1, dtype=np.float32)
         self.frames_in += len(audio)
@@ -178,8 +189,8 @@ class InputDecoder:
         return self._resampler.resample_chunk(np.ascontiguousarray(audio, dtype=np.float32), last=last)
 
 
-def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
-    """(layout, offset of the PCM data, data bytes or None if unbounded), or None if incomplete."""
+def parse_wav_header(data: bytes) -> WavHeader | None:
+    """The header at the start of ``data``, or None while it is incomplete (no 'data' chunk yet)."""
     if len(data) < 12:
         return None
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
@@ -193,7 +204,7 @@ def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
             if layout is None:
                 raise InvalidRequest("WAV: the 'data' chunk comes before the 'fmt ' chunk")
             unbounded = size in (0, 0xFFFFFFFF)  # streaming writers leave the size open
-            return layout, body, None if unbounded else size
+            return WavHeader(layout, body, None if unbounded else size)
         if chunk_id == b"fmt ":
             if body + size > len(data):
                 return None
@@ -202,7 +213,7 @@ def parse_wav_header(data: bytes) -> tuple[_PcmLayout, int, int | None] | None:
     return None
 
 
-def _wav_layout(fmt: bytes) -> _PcmLayout:
+def _wav_layout(fmt: bytes) -> PcmLayout:
     if len(fmt) < 16:
         raise InvalidRequest(f"WAV: 'fmt ' chunk is {len(fmt)} bytes, expected at least 16")
     tag, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt)
@@ -219,7 +230,7 @@ def _wav_layout(fmt: bytes) -> _PcmLayout:
     if not 1 <= channels <= MAX_CHANNELS:
         raise InvalidRequest(f"WAV: {channels} channels is outside 1..{MAX_CHANNELS}")
     check_rate(rate, "WAV sample rate")
-    return _PcmLayout(encoding, rate, channels)
+    return PcmLayout(encoding, rate, channels)
 
 
 class OutputEncoder:
@@ -247,13 +258,8 @@ class OutputEncoder:
 
     def encode(self, audio: np.ndarray, rate_hz: int) -> bytes:
         """One whole phrase (resampled on its own: phrases are separate utterances)."""
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-        if rate_hz != self.sample_rate_hz and audio.size:
-            import soxr
-
-            audio = soxr.resample(audio, rate_hz, self.sample_rate_hz, quality="HQ").astype(np.float32, copy=False)
+        audio = resample(np.asarray(audio, dtype=np.float32).reshape(-1), rate_hz, self.sample_rate_hz)
         self.samples_out += len(audio)
         if self.encoding == PCM_F32LE:
             return audio.astype("<f4", copy=False).tobytes()
-        pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2")
-        return pcm.tobytes()
+        return float_to_pcm16(audio).tobytes()

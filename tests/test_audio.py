@@ -1,4 +1,4 @@
-"""Streaming input decoding and output encoding (synthetic audio, no models)."""
+"""relais.audio: streaming input decoding and output encoding, PCM conversion, files (synthetic audio, no models)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from relais.server.audio_io import AudioFormatSpec, InputDecoder, OutputEncoder, parse_wav_header
+from relais.audio.files import load_audio_16k, read_mono, read_pcm16
+from relais.audio.pcm import as_pcm16, float_to_pcm16, pcm16_to_float
+from relais.audio.stream import AudioFormatSpec, InputDecoder, OutputEncoder, PcmLayout, WavHeader, parse_wav_header
 
 RATE = 16000
 
@@ -96,9 +98,9 @@ def test_wav_24_bit_is_refused_with_advice():
 def test_parse_wav_header_incomplete_then_complete():
     data = wav_bytes(tone(440, RATE, 0.01), RATE)
     assert parse_wav_header(data[:20]) is None
-    layout, offset, size = parse_wav_header(data)
-    assert (layout.encoding, layout.sample_rate_hz, layout.channels) == ("PCM_S16LE", RATE, 1)
-    assert size == len(data) - offset
+    header = parse_wav_header(data)
+    assert isinstance(header, WavHeader) and header.layout == PcmLayout("PCM_S16LE", RATE, 1)
+    assert header.data_bytes == len(data) - header.data_offset
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -138,3 +140,30 @@ def test_output_encoder_resamples_and_encodes():
 def test_output_validation(spec, message):
     with pytest.raises(ValueError, match=message):
         OutputEncoder(spec, voice_rate_hz=22050)
+
+
+def test_pcm16_round_trip_and_clipping():
+    audio = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 1.7, -1.7], np.float32)
+    pcm = float_to_pcm16(audio)
+    assert pcm.dtype == np.dtype("<i2") and list(pcm[3:]) == [32767, -32767, 32767, -32767]
+    assert pcm16_to_float(pcm.tobytes() + b"\x01").tolist() == pytest.approx((pcm / 32768).tolist())  # odd byte dropped
+    assert pcm16_to_float(np.array([-32768], np.int16))[0] == -1.0
+    assert as_pcm16(pcm) is pcm and as_pcm16(audio.astype(np.float64)).tolist() == pcm.tolist()
+    with pytest.raises(ValueError, match="int16 or float"):
+        as_pcm16(np.zeros(3, np.int32))
+
+
+def test_files_mono_16k_own_rate_and_pcm16(tmp_path):
+    stereo = np.stack([tone(440, 22050, 0.5), np.zeros(11025, np.float32)], axis=1)
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo, 22050, subtype="PCM_16")
+    at_16k = load_audio_16k(path)
+    assert at_16k.dtype == np.float32 and abs(len(at_16k) - RATE // 2) <= 2
+    assert abs(peak_hz(at_16k, RATE) - 440) < 5
+    own = read_mono(path, rate_hz=None)
+    assert own.sample_rate_hz == 22050 and own.duration_s == pytest.approx(0.5)
+    np.testing.assert_allclose(own.samples, stereo.mean(axis=1), atol=1e-4)
+    pcm = read_pcm16(path)
+    assert pcm.samples.dtype == np.int16 and pcm.samples.shape == (11025, 2) and pcm.sample_rate_hz == 22050
+    with pytest.raises(ValueError, match="cannot read audio file"):
+        read_mono(tmp_path / "missing.wav")
