@@ -205,7 +205,7 @@ def test_trt_cache_key_separates_gpus_and_library_versions():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     key = mod.cache_key("NVIDIA L4", "8.9", "10.7.0", "1.22.0", "565.57.01")
-    assert key == "nvidia-l4_sm89_trt10.7.0_ort1.22.0_drv565.57.01"
+    assert key == "nvidia-l4-sm89_trt10.7.0_ort1.22.0_drv565.57.01"
     others = {mod.cache_key("NVIDIA A100-SXM4-80GB", "8.0", "10.7.0", "1.22.0"),
               mod.cache_key("NVIDIA L4", "8.9", "10.8.0", "1.22.0"), mod.cache_key("NVIDIA L4", "8.9", "10.7.0", "1.23.0"),
               mod.cache_key("NVIDIA Jetson AGX Orin Developer Kit", "", "10.3.0", "1.20.0", "l4t36.4.0")}

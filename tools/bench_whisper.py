@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 from relais.audio.files import load_audio_16k
 from relais.eval.data import default_eval_dir, read_manifest
+from relais.eval.machine import machine
 from relais.eval.scores import bleu, wer
 from relais.runtime.ort import RuntimeConfig
 from relais.runtime.whisper import WhisperModel
@@ -49,18 +48,6 @@ def run_task(model: WhisperModel, clips, audios, task: str, language: str, windo
         texts.append(model.greedy(enc, model.prompt(task, language)).text)
         compute_s += time.perf_counter() - start
     return texts, compute_s
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> int:

@@ -1,20 +1,12 @@
-"""Write a model's facts into ONNX ``metadata_props`` (read back by relais.models.metadata)."""
+"""Write a model's facts into ONNX ``metadata_props`` (read back by relais.models.metadata,
+which owns the key prefix and the value encoding)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from relais.models.metadata import PREFIX, encode_value
 from relais_export import EXPORT_VERSION
-
-# Keys are namespaced so they never collide with metadata another tool wrote.
-PREFIX = "relais."
-
-
-def encode_value(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, separators=(",", ":"))
 
 
 def set_metadata(model, facts: dict[str, Any]) -> None:

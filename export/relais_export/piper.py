@@ -16,15 +16,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relais.runtime.tts import BOS, EOS, MODEL_TYPE, PAD, PHONEME_TYPES
 from relais_export.errors import ExportError, require
 from relais_export.metadata import set_metadata
 
 log = logging.getLogger(__name__)
-
-# Phonemisers the runtime (relais.runtime.tts) implements.
-SUPPORTED_PHONEME_TYPES = ("espeak", "text")
-# Piper's special symbols: padding between phonemes, beginning and end of sentence.
-PAD, BOS, EOS = "_", "^", "$"
 
 # name -> (onnx elem type name, rank)
 REQUIRED_INPUTS = {"input": ("INT64", 2), "input_lengths": ("INT64", 1), "scales": ("FLOAT", 1)}
@@ -85,9 +81,9 @@ def _check_config(config: dict, json_path: Path) -> dict:
     if not 8000 <= sample_rate_hz <= 48000:
         raise ExportError(f"{json_path}: audio.sample_rate {sample_rate_hz} Hz is not a plausible voice rate")
     phoneme_type = _field(config, json_path, "phoneme_type", kind=str, default="espeak")
-    if phoneme_type not in SUPPORTED_PHONEME_TYPES:
+    if phoneme_type not in PHONEME_TYPES:
         raise ExportError(f"{json_path}: phoneme_type {phoneme_type!r} is not supported by relais "
-                          f"(supported: {', '.join(SUPPORTED_PHONEME_TYPES)})")
+                          f"(supported: {', '.join(PHONEME_TYPES)})")
     espeak_voice = _field(config, json_path, "espeak", "voice", kind=str)
     id_map = _field(config, json_path, "phoneme_id_map", kind=dict)
     for symbol in (PAD, BOS, EOS):
@@ -178,7 +174,7 @@ def prepare_piper_voice(onnx_path: str | Path, json_path: str | Path, out_dir: s
     source_sha256 = sha256_file(onnx_path)
     provenance = provenance or f"file:{onnx_path.name}"
     set_metadata(model, {
-        "model_type": "piper_vits", **facts, "name": name,
+        "model_type": MODEL_TYPE, **facts, "name": name,
         "source_sha256": source_sha256, "provenance": provenance,
     })
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,11 @@
 
 An engine is only valid for the GPU model and TensorRT version that built it, so
 engines live in a cache keyed by ``<gpu>-sm<cc>_trt<version>/<file>.<onnx sha256>``
-(see docs/tensorrt.md). ``tensorrt`` is imported lazily: everything except the
-build itself (profiles, planning, trtexec commands) works without it.
+(see docs/tensorrt.md). :func:`cache_key` is the one definition of that key; the
+container entrypoint (k8s/images/trt_cache_key.py) uses it for ONNX Runtime's engine
+cache too, adding the ONNX Runtime and driver versions. ``tensorrt`` is imported
+lazily: everything except the build itself (profiles, planning, trtexec commands)
+works without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from relais.models.metadata import PREFIX
 from relais_export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -79,12 +83,12 @@ def _facts_dict(facts: Any) -> Mapping[str, Any]:
 
 def _int_fact(facts: Mapping[str, Any], key: str) -> int:
     if key not in facts:
-        raise ExportError(f"model metadata lacks 'relais.{key}', needed for TensorRT profiles; "
+        raise ExportError(f"model metadata lacks '{PREFIX}{key}', needed for TensorRT profiles; "
                           f"re-export the model with this version of relais")
     try:
         return int(facts[key])
     except (TypeError, ValueError):
-        raise ExportError(f"model metadata relais.{key}={facts[key]!r} is not an integer") from None
+        raise ExportError(f"model metadata {PREFIX}{key}={facts[key]!r} is not an integer") from None
 
 
 def profiles_from_metadata(facts: Any, limits: ProfileLimits | None = None) -> dict[str, ShapeRange]:
@@ -145,18 +149,29 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path, profiles: Ma
     return argv
 
 
-# -- device and TensorRT ----------------------------------------------------------
+# -- device, cache key and TensorRT ------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.strip().lower()).strip("-") or "unknown"
+
+
+def cache_key(gpu_name: str, compute_capability: str, trt_version: str, ort_version: str = "",
+              driver_version: str = "") -> str:
+    """One path component naming what an engine is valid for, e.g. ``nvidia-l4-sm89_trt10.9.0``
+    (+ ``_ort<version>_drv<version>`` for ONNX Runtime's own engine cache)."""
+    sm = "sm" + compute_capability.replace(".", "") if compute_capability else "smunknown"
+    parts = [f"{_slug(gpu_name)}-{sm}", "trt" + _slug(trt_version)]
+    if ort_version:
+        parts.append("ort" + _slug(ort_version))
+    if driver_version:
+        parts.append("drv" + _slug(driver_version))
+    return "_".join(parts)
+
 
 @dataclass(frozen=True)
 class CudaDevice:
     name: str
     compute_capability: str  # e.g. "9.0"
-
-    @property
-    def slug(self) -> str:
-        """File-name-safe id, e.g. nvidia-h100-80gb-hbm3-sm90."""
-        base = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
-        return f"{base}-sm{self.compute_capability.replace('.', '')}"
 
 
 def cuda_device(device_id: int = 0) -> CudaDevice:
@@ -315,7 +330,7 @@ def plan_engines(model_dir: str | Path, cache_dir: str | Path, device: CudaDevic
     from relais.models.manifest import sha256_file
 
     model_dir, cache_dir = Path(model_dir), Path(cache_dir)
-    key_dir = cache_dir / f"{device.slug}_trt{trt_version}"
+    key_dir = cache_dir / cache_key(device.name, device.compute_capability, trt_version)
     plans = []
     for path in sorted(model_dir.rglob("*.onnx")):
         if cache_dir in path.parents:

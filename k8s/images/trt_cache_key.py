@@ -5,7 +5,10 @@ A TensorRT engine only loads on the GPU model (compute capability) and the Tenso
 version that built it, and ONNX Runtime's TensorRT EP names its cache files by model
 hash, not by those: so each combination gets its own subdirectory, e.g.
 
-    /var/cache/relais/tensorrt/nvidia-l4_sm89_trt10.7.0_ort1.22.0_drv565.57
+    /var/cache/relais/tensorrt/nvidia-l4-sm89_trt10.7.0_ort1.22.0_drv565.57
+
+The key is relais_export.tensorrt.cache_key (installed in the image with the package),
+the same scheme ``relais export tensorrt`` uses for its engine cache.
 
 Nodes with different GPUs, or a new image with other library versions, never read each
 other's engines; stale subdirectories can be deleted at any time (docs/operations.md).
@@ -18,18 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.strip().lower()).strip("-") or "unknown"
-
-
-def cache_key(gpu_name: str, compute_capability: str, trt_version: str, ort_version: str,
-              driver_version: str = "") -> str:
-    parts = [slug(gpu_name), "sm" + compute_capability.replace(".", "") if compute_capability else "smunknown",
-             "trt" + slug(trt_version), "ort" + slug(ort_version)]
-    if driver_version:
-        parts.append("drv" + slug(driver_version))
-    return "_".join(parts)
+from relais_export.tensorrt import cache_key
 
 
 def _gpu() -> tuple[str, str, str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
-import platform
 import sys
 from pathlib import Path
 
 from relais.console import LATENCY_CHOICES, LATENCY_HELP
+from relais.eval.machine import machine
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
     p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
     p.add_argument("--longform", action="store_true", help="plot lag over time for every utterance")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs visible, {platform.system()} {platform.release()}"
 
 
 def _levels(text: str) -> list[int]:

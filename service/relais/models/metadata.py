@@ -1,8 +1,9 @@
 """Read the facts an exported ONNX file carries in ``metadata_props``.
 
 The exporter (relais_export.metadata) writes ``relais.<key>`` entries; values are
-plain strings or JSON. Nothing about a model is hard-coded twice: the runtime asks
-these facts for layer counts, token ids and sample rates.
+plain strings or JSON (:func:`encode_value`, read back by :func:`decode_value`). Nothing
+about a model is hard-coded twice: the runtime asks these facts for layer counts, token
+ids and sample rates.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Keys are namespaced so they never collide with metadata another tool wrote.
 PREFIX = "relais."
 
 
@@ -19,7 +21,15 @@ class MetadataError(ValueError):
     """A model file lacks a fact the runtime needs, or carries a malformed one."""
 
 
-def _decode(value: str) -> Any:
+def encode_value(value: Any) -> str:
+    """A fact as a metadata string: strings as they are, anything else as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def decode_value(value: str) -> Any:
+    """The inverse of :func:`encode_value` (a string that is not JSON stays a string)."""
     try:
         return json.loads(value)
     except ValueError:
@@ -50,7 +60,7 @@ class ModelFacts:
 
 
 def facts_from_map(path: str, props: dict[str, str]) -> ModelFacts:
-    facts = {k[len(PREFIX):]: _decode(v) for k, v in props.items() if k.startswith(PREFIX)}
+    facts = {k[len(PREFIX):]: decode_value(v) for k, v in props.items() if k.startswith(PREFIX)}
     return ModelFacts(path=path, facts=facts)
 
 

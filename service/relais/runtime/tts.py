@@ -24,7 +24,10 @@ from relais.runtime.ort import RuntimeConfig, create_session
 
 log = logging.getLogger(__name__)
 
+MODEL_TYPE = "piper_vits"  # relais.model_type of a prepared voice (relais_export.piper)
+# Piper's special symbols: padding between phonemes, beginning and end of sentence.
 PAD, BOS, EOS = "_", "^", "$"
+PHONEME_TYPES = ("espeak", "text")  # the phonemisers implemented here (the exporter refuses others)
 
 # espeak-ng is a C library with one global voice: serialise its use across threads.
 _ESPEAK_LOCK = threading.Lock()
@@ -111,7 +114,7 @@ class PiperTts:
         self.loaded = create_session(onnx_path, runtime)
         self.facts = session_metadata(self.loaded.session, self.loaded.path)
         model_type = self.facts.get("model_type")
-        if model_type not in (None, "piper_vits"):
+        if model_type not in (None, MODEL_TYPE):
             raise ValueError(f"{onnx_path} is a {model_type!r} model, not a Piper voice")
         if model_type is None:
             log.warning("%s has no relais metadata; prepare it with `relais export piper`", onnx_path.name)
@@ -119,7 +122,7 @@ class PiperTts:
         self.sample_rate_hz = int(voice_cfg["audio"]["sample_rate"])
         self.espeak_voice = str(voice_cfg.get("espeak", {}).get("voice", ""))
         self.phoneme_type = voice_cfg.get("phoneme_type", "espeak")
-        if self.phoneme_type not in ("espeak", "text"):
+        if self.phoneme_type not in PHONEME_TYPES:
             raise ValueError(f"{json_path}: phoneme_type {self.phoneme_type!r} is not supported")
         self.id_map: dict[str, list[int]] = voice_cfg["phoneme_id_map"]
         self.vowel_clusters = sorted((tuple(c) for c in voice_cfg.get("vowel_clusters") or []), key=len, reverse=True)
