@@ -310,6 +310,7 @@ def test_translate_end_to_end(models_env, tmp_path, capsys):
     assert all(a.end_s <= b.start_s + 1e-9 for a, b in zip(cues, cues[1:]))
     assert all(len(c.text.split("\n")) <= 2 and max(len(line) for line in c.text.split("\n")) <= 42 for c in cues)
     assert "audio in" in captured.err and "RTF" in captured.err
+    assert "mean lag" in captured.err and "computation-unaware" in captured.err  # --speed 0: not the queue
 
 
 def test_translate_bad_target_language_is_invalid_argument(models_env, tmp_path, capsys):

@@ -25,6 +25,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -47,31 +48,36 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, ""
 
 
+Behaviour = Callable[..., Any]  # a handler's function: (request or iterator, context) -> response(s)
+HandlerFactory = Callable[..., grpc.RpcMethodHandler]
+
+# (request streaming, response streaming) -> the handler's function, and how to rebuild a handler around it
+_KINDS: dict[tuple[bool, bool], tuple[Callable[[grpc.RpcMethodHandler], Behaviour], HandlerFactory]] = {
+    (False, False): (lambda h: h.unary_unary, grpc.unary_unary_rpc_method_handler),
+    (False, True): (lambda h: h.unary_stream, grpc.unary_stream_rpc_method_handler),
+    (True, False): (lambda h: h.stream_unary, grpc.stream_unary_rpc_method_handler),
+    (True, True): (lambda h: h.stream_stream, grpc.stream_stream_rpc_method_handler),
+}
+
+
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Wraps every handler (unary or streaming, coroutine or async generator)."""
 
     def __init__(self, on_error: Callable[[str], None] | None = None):
         self._on_error = on_error  # called with the status code name, e.g. "INVALID_ARGUMENT"
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable],
-                                handler_call_details: grpc.HandlerCallDetails):
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        kinds = {
-            (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        }
-        attr, factory = kinds[(handler.request_streaming, handler.response_streaming)]
-        behaviour = getattr(handler, attr)
-        return factory(self._wrap(behaviour, method),
+        behaviour_of, factory = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        return factory(self._wrap(behaviour_of(handler), handler_call_details.method),
                        request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
 
-    def _wrap(self, behaviour, method: str):
+    def _wrap(self, behaviour: Behaviour, method: str) -> Behaviour:
         if inspect.isasyncgenfunction(behaviour):
             async def stream_wrapper(request, context):
                 try:
@@ -91,7 +97,7 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
                 await self._abort(exc, context, method)
         return call_wrapper
 
-    async def _abort(self, exc: Exception, context: aio.ServicerContext, method: str):
+    async def _abort(self, exc: Exception, context: aio.ServicerContext, method: str) -> None:
         if isinstance(exc, aio.AbortError):
             raise exc  # the handler aborted with its own status
         code, message = status_for(exc)
