@@ -1,4 +1,4 @@
-"""Marian export + runtime: tiny random Marian, plumbing/parity test.
+"""Marian export + its ONNX runner: tiny random Marian, plumbing/parity test.
 
 A tiny randomly initialised MarianMTModel (d_model 32, 2 layers, 2 heads) with
 sentencepiece models trained here on a generated corpus is exported once per
@@ -24,10 +24,10 @@ onnx = pytest.importorskip("onnx")
 spm = pytest.importorskip("sentencepiece")
 
 from relais.models.metadata import read_metadata  # noqa: E402
-from relais.runtime.marian import MarianTranslator  # noqa: E402
 from relais.runtime.ort import RuntimeConfig  # noqa: E402
 from relais_export.errors import ExportError  # noqa: E402
 from relais_export.marian import DECODER_FILE, ENCODER_FILE, export_marian  # noqa: E402
+from relais_export.marian.runtime import MarianTranslator  # noqa: E402
 
 SOURCE_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "pe", "du"]
 TARGET_SYLLABLES = ["ba", "ge", "hi", "jo", "ku", "la", "mo", "ni", "po", "se"]
@@ -221,8 +221,9 @@ def test_tiny_marian_vocab_matrix_written_once_when_tied(tiny):
     assert dims[0].dim_param == "batch" and dims[1].dim_value == config.vocab_size
 
 
-def test_marian_runtime_does_not_import_torch():
-    code = "import sys, relais.runtime.marian; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
+def test_marian_runner_does_not_import_torch():
+    code = ("import sys, relais_export.marian.runtime; "
+            "sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

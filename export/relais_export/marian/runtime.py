@@ -1,6 +1,11 @@
 """Marian / Opus-MT text translation on ONNX Runtime (greedy decoding with a KV cache).
 
-Reads the files written by relais_export.marian: marian_encoder.onnx,
+The ONNX runner of the Marian export: the parity checks (tests/test_marian.py) run
+an exported pair with it against transformers. The service has no text-MT stage yet;
+when it gets one, this is the code to move into ``relais.runtime``. It needs only
+onnxruntime, numpy and sentencepiece (no torch).
+
+Reads the files written by relais_export.marian.export: marian_encoder.onnx,
 marian_decoder.onnx (facts in their metadata) and the tokenizer files
 source.spm, target.spm, vocab.json (+ target_vocab.json). Tokenisation follows
 transformers' MarianTokenizer: source pieces -> ids via vocab.json, then </s>;
@@ -21,11 +26,10 @@ import numpy as np
 
 from relais.models.metadata import ModelFacts, session_metadata
 from relais.runtime.ort import LoadedSession, RuntimeConfig, create_session
+from relais_export.marian.export import DECODER_FILE, ENCODER_FILE
 
 log = logging.getLogger(__name__)
 
-ENCODER_FILE = "marian_encoder.onnx"
-DECODER_FILE = "marian_decoder.onnx"
 SPECIAL_TOKENS = ("</s>", "<unk>", "<pad>")
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
 
