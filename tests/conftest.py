@@ -1,7 +1,8 @@
 """Shared fixtures: evaluation data, the prepared default model set, checkpoints.
 
 The default model set is prepared once into a persistent cache directory
-($RELAIS_TEST_MODELS_DIR, default ~/.cache/relais/test-models); `relais models
+(``prepared_models_dir()``: $RELAIS_TEST_MODELS_DIR, else $XDG_CACHE_HOME/relais/test-models,
+else ~/.cache/relais/test-models; about 750 MB); `relais models
 prepare` rebuilds a model only when its build key (package versions, export code,
 precisions) changed, so reruns are fast and a fresh machine rebuilds from scratch.
 """
@@ -32,12 +33,20 @@ def load_manifest(name: str) -> list[Utterance]:
 load_audio = load_audio_16k
 
 
+def prepared_models_dir() -> Path:
+    """Where the test model set lives: $RELAIS_TEST_MODELS_DIR, else the Relais cache's test-models."""
+    from relais.models.manifest import relais_cache_dir
+
+    if env := os.environ.get("RELAIS_TEST_MODELS_DIR"):
+        return Path(env).expanduser()
+    return relais_cache_dir() / "test-models"
+
+
 @pytest.fixture(scope="session")
 def model_set():
     from relais_export.prepare import prepare_default_set
 
-    root = Path(os.environ.get("RELAIS_TEST_MODELS_DIR", Path.home() / ".cache" / "relais" / "test-models"))
-    return prepare_default_set(root)
+    return prepare_default_set(prepared_models_dir())
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,31 @@ class ManifestError(ValueError):
     """The model set is missing, incomplete or malformed."""
 
 
+def relais_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/relais, else ~/.cache/relais (a relative XDG_CACHE_HOME is ignored,
+    as the XDG spec says). Holds the default model set and downloaded wheels."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return cache / "relais"
+
+
 def default_models_dir() -> Path:
     """$RELAIS_MODELS_DIR, else $XDG_CACHE_HOME/relais/models, else ~/.cache/relais/models."""
     if env := os.environ.get("RELAIS_MODELS_DIR"):
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "relais" / "models"
+    return relais_cache_dir() / "models"
+
+
+def models_location_help() -> str:
+    """Where models go and how to move them (for ``--help`` texts and docs)."""
+    return (
+        f"Models go to $RELAIS_MODELS_DIR if set, else $XDG_CACHE_HOME/relais/models, else "
+        f"~/.cache/relais/models (here: {default_models_dir()}); about 750 MB for the default set. "
+        f"To keep them elsewhere, pass --dir DIR or set RELAIS_MODELS_DIR=DIR. A prepared set can be "
+        f"moved as a whole (its {MANIFEST_NAME} holds only relative paths): move the directory and "
+        f"point RELAIS_MODELS_DIR (or serve --models) at the new place. Downloaded wheels are kept in "
+        f"{relais_cache_dir() / 'wheels'}."
+    )
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
