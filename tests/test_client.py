@@ -29,7 +29,7 @@ import soundfile as sf
 
 from conftest import load_audio, load_manifest
 from relais import cli
-from relais.client import Arrival, TextReceived, TranslateClient, TranslateOptions, _assemble
+from relais.client import Arrival, TextReceived, TranslateClient, TranslateOptions, assemble_audio
 from relais.console import LiveText
 from relais.subtitles import (Cue, build_cues, format_timestamp, merge_spans, parse_timestamp, parse_vtt, render_vtt,
                               split_cue, wrap_lines)
@@ -187,9 +187,9 @@ def test_concurrent_streams_keep_their_own_results(server_address):
 
 
 def test_assemble_places_chunks_by_output_position():
-    out = _assemble([(0.0, np.ones(10, np.float32)), (2.0, np.full(5, 2.0, np.float32))], rate_hz=10)
+    out = assemble_audio([(0.0, np.ones(10, np.float32)), (2.0, np.full(5, 2.0, np.float32))], rate_hz=10)
     assert len(out) == 25 and out[:10].tolist() == [1.0] * 10 and out[10:20].tolist() == [0.0] * 10
-    assert _assemble([], 22050).size == 0
+    assert assemble_audio([], 22050).size == 0
 
 
 def test_options_are_validated():

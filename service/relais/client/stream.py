@@ -1,8 +1,4 @@
-"""A streaming client for relais.v1.SpeechTranslator.Translate (used by ``relais translate`` and the eval tools).
-
-    with TranslateClient("127.0.0.1:50051") as client:
-        result = client.translate_file("talk.wav", TranslateOptions(target_language="en", speed=1.0))
-    result.translation, result.audio, result.output_sample_rate_hz, result.timings.first_audio_arrival_s
+"""The streaming client: options, real-time pacing, one Translate call per file or buffer.
 
 A sender thread paces PCM_S16LE chunks of ``chunk_ms`` at ``speed`` x real time
 (0 = as fast as possible) while the calling thread receives responses, so output
@@ -18,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,16 +22,15 @@ import numpy as np
 
 from relais.audio.files import read_pcm16
 from relais.audio.pcm import as_pcm16, pcm16_to_float
+from relais.client.results import (Arrival, AudioReceived, ClientEvent, ClientResult, ClientTimings, assemble_audio,
+                                   response_event)
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
+from relais.wire import DEFAULT_LATENCY_MODE, LATENCY_MODE_TO_PB
 
 log = logging.getLogger(__name__)
 
-LATENCY_MODES = {"low": pb.LOW_LATENCY, "balanced": pb.BALANCED, "quality": pb.HIGH_QUALITY}
-TEXT_KINDS = {pb.TextEvent.SOURCE_PARTIAL: "source_partial", pb.TextEvent.SOURCE_FINAL: "source_final",
-              pb.TextEvent.TRANSLATION_PARTIAL: "translation_partial",
-              pb.TextEvent.TRANSLATION_FINAL: "translation_final"}
-_END = object()
+_END = object()  # the sender's end-of-audio marker in its queue
 
 
 @dataclass(frozen=True)
@@ -44,7 +39,7 @@ class TranslateOptions:
     source_language: str = ""  # "" = detect
     speed: float = 1.0  # x real time; 0 = as fast as possible
     chunk_ms: int = 100
-    latency_mode: str = "balanced"  # low | balanced | quality
+    latency_mode: str = DEFAULT_LATENCY_MODE  # low | balanced | quality (relais.wire)
     voice: str = ""  # "" = the target language's default voice
     output_sample_rate_hz: int = 0  # 0 = the voice's own rate
     return_text: bool = True
@@ -56,129 +51,11 @@ class TranslateOptions:
             raise ValueError(f"speed must be >= 0 (0 = as fast as possible), got {self.speed}")
         if self.chunk_ms <= 0:
             raise ValueError(f"chunk_ms must be > 0, got {self.chunk_ms}")
-        if self.latency_mode not in LATENCY_MODES:
-            raise ValueError(f"latency_mode must be one of {sorted(LATENCY_MODES)}, got {self.latency_mode!r}")
+        if self.latency_mode not in LATENCY_MODE_TO_PB:
+            raise ValueError(f"latency_mode must be one of {sorted(LATENCY_MODE_TO_PB)}, got {self.latency_mode!r}")
         if self.output_sample_rate_hz < 0:
             raise ValueError(f"output_sample_rate_hz must be >= 0, got {self.output_sample_rate_hz}")
         return self
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """When the client received a response."""
-
-    arrival_s: float  # wall seconds since the first audio chunk was sent
-    sent_source_s: float  # seconds of source audio sent by then
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    session_id: str
-    source_language: str
-    target_language: str
-    task: str
-    voice: str
-    output_sample_rate_hz: int
-    models: tuple[str, ...]
-    execution_provider: str
-
-
-@dataclass(frozen=True)
-class TextReceived:
-    kind: str  # source_partial | source_final | translation_partial | translation_final
-    text: str
-    language: str
-    source_start_s: float
-    source_end_s: float
-    emitted_wall_s: float  # server's clock: since the stream's first audio reached it
-    emitted_source_received_s: float
-    arrival: Arrival
-
-    @property
-    def is_final(self) -> bool:
-        return self.kind.endswith("_final")
-
-
-@dataclass(frozen=True)
-class AudioReceived:
-    text: str  # the phrase spoken
-    sample_rate_hz: int
-    output_start_s: float  # position in the output audio stream
-    duration_s: float
-    source_start_s: float
-    source_end_s: float
-    emitted_wall_s: float
-    emitted_source_received_s: float
-    arrival: Arrival
-
-    @property
-    def output_end_s(self) -> float:
-        return self.output_start_s + self.duration_s
-
-
-@dataclass(frozen=True)
-class ServerSummary:
-    audio_in_s: float
-    audio_out_s: float
-    first_text_latency_s: float
-    first_audio_latency_s: float
-    mean_output_lag_s: float
-    max_output_lag_s: float
-    real_time_factor: float
-    detected_language: str
-    translation: str
-    transcript: str
-
-
-ClientEvent = SessionInfo | TextReceived | AudioReceived | ServerSummary
-
-
-@dataclass
-class ClientTimings:
-    audio_in_s: float = 0.0  # source audio sent
-    send_wall_s: float = 0.0  # first to last chunk sent
-    total_wall_s: float = 0.0  # first chunk sent to the end of the response stream
-    first_text_arrival_s: float | None = None  # first final translation text
-    first_audio_arrival_s: float | None = None
-
-    @property
-    def client_rtf(self) -> float:
-        """Wall time of the whole exchange over the source duration (< 1 keeps up at speed 1)."""
-        return self.total_wall_s / self.audio_in_s if self.audio_in_s > 0 else 0.0
-
-
-@dataclass
-class ClientResult:
-    session: SessionInfo | None = None
-    events: list[ClientEvent] = field(default_factory=list)  # in arrival order
-    summary: ServerSummary | None = None
-    timings: ClientTimings = field(default_factory=ClientTimings)
-    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # mono float32
-    output_sample_rate_hz: int = 0
-
-    @property
-    def texts(self) -> list[TextReceived]:
-        return [e for e in self.events if isinstance(e, TextReceived)]
-
-    @property
-    def audio_chunks(self) -> list[AudioReceived]:
-        return [e for e in self.events if isinstance(e, AudioReceived)]
-
-    @property
-    def translation(self) -> str:
-        if self.summary is not None and self.summary.translation:
-            return self.summary.translation
-        return " ".join(t.text.strip() for t in self.texts if t.kind == "translation_final" and t.text.strip())
-
-    @property
-    def transcript(self) -> str:
-        if self.summary is not None and self.summary.transcript:
-            return self.summary.transcript
-        return " ".join(t.text.strip() for t in self.texts if t.kind == "source_final" and t.text.strip())
-
-    @property
-    def audio_out_s(self) -> float:
-        return len(self.audio) / self.output_sample_rate_hz if self.output_sample_rate_hz else 0.0
 
 
 class _Clock:
@@ -310,7 +187,7 @@ class TranslateClient:
         call = self._stub.Translate(sender.requests(), timeout=self.timeout_s)
         try:
             for response in call:
-                event = _event_of(response, clock.now(), result)
+                event = response_event(response, clock.now(), result)
                 if event is None:
                     continue
                 if isinstance(event, AudioReceived):
@@ -325,7 +202,7 @@ class TranslateClient:
             sender.stop()
         end = clock.now()
         result.timings = _timings(result, clock, end)
-        result.audio = _assemble(pieces, result.output_sample_rate_hz)
+        result.audio = assemble_audio(pieces, result.output_sample_rate_hz)
         return result
 
 
@@ -345,53 +222,7 @@ def _stream_config(options: TranslateOptions, rate_hz: int, channels: int) -> pb
         input_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=rate_hz, channels=channels),
         output_format=pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=options.output_sample_rate_hz),
         voice=options.voice, return_text=options.return_text, return_audio=options.return_audio,
-        latency_mode=LATENCY_MODES[options.latency_mode], client_id=options.client_id)
-
-
-def _event_of(response: pb.TranslateResponse, arrival: Arrival, result: ClientResult) -> ClientEvent | None:
-    which = response.WhichOneof("event")
-    if which == "started":
-        s = response.started
-        info = SessionInfo(s.session_id, s.source_language, s.target_language, s.task, s.voice,
-                           s.output_format.sample_rate_hz, tuple(s.models), s.execution_provider)
-        result.session = info
-        result.output_sample_rate_hz = info.output_sample_rate_hz
-        return info
-    if which == "text":
-        t = response.text
-        return TextReceived(TEXT_KINDS.get(t.kind, "unspecified"), t.text, t.language, t.source_span.start_s,
-                            t.source_span.end_s, t.emitted.wall_s, t.emitted.source_received_s, arrival)
-    if which == "audio":
-        a = response.audio
-        rate_hz = a.sample_rate_hz or result.output_sample_rate_hz
-        result.output_sample_rate_hz = result.output_sample_rate_hz or rate_hz
-        duration_s = (len(a.data) // 2) / rate_hz if rate_hz else 0.0
-        return AudioReceived(a.text, rate_hz, a.output_start_s, duration_s, a.source_span.start_s,
-                             a.source_span.end_s, a.emitted.wall_s, a.emitted.source_received_s, arrival)
-    if which == "summary":
-        s = response.summary
-        result.summary = ServerSummary(s.audio_in_s, s.audio_out_s, s.first_text_latency_s, s.first_audio_latency_s,
-                                       s.mean_output_lag_s, s.max_output_lag_s, s.real_time_factor,
-                                       s.detected_language, s.translation, s.transcript)
-        return result.summary
-    log.warning("ignoring an unknown response (%s)", which)
-    return None
-
-
-def _assemble(pieces: list[tuple[float, np.ndarray]], rate_hz: int) -> np.ndarray:
-    """Place each chunk at its output_start_s (gaps become silence; overlaps keep arrival order)."""
-    if not pieces or not rate_hz:
-        return np.zeros(0, np.float32)
-    out = np.zeros(0, np.float32)
-    for start_s, pcm in pieces:
-        start = max(0, int(round(start_s * rate_hz)))
-        if abs(start - len(out)) <= 1:  # contiguous up to rounding
-            start = len(out)
-        end = start + len(pcm)
-        if end > len(out):
-            out = np.concatenate([out, np.zeros(end - len(out), np.float32)])
-        out[start:end] = pcm
-    return out
+        latency_mode=LATENCY_MODE_TO_PB[options.latency_mode], client_id=options.client_id)
 
 
 def _timings(result: ClientResult, clock: _Clock, end: Arrival) -> ClientTimings:
