@@ -8,7 +8,8 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.eval.scores import normalise, wer
 from relais.pipeline.engine import EngineConfig, TranslationEngine
-from relais.pipeline.events import SpeechSegment, TextKind, TextSegment
+from relais.pipeline.events import SpeechSegment, StreamStats, TextKind, TextSegment
+from relais.pipeline.scheduler import ModelScheduler
 
 REFERENCE_1857_WORDS = ("added", "obligations", "development", "responsib", "capa")
 
@@ -20,13 +21,16 @@ def engine(model_set):
     return eng
 
 
-def stream(engine, audio: np.ndarray, chunk_s: float, **cfg):
-    session = engine.new_session(engine.session_config(**{"target_language": "en", **cfg}))
+def stream(engine, audio: np.ndarray, chunk_s: float, scheduler: ModelScheduler | None = None, **cfg):
+    """Stream ``audio`` in ``chunk_s`` chunks; return the events and the stats folded from them."""
+    session = engine.new_session(engine.session_config(**{"target_language": "en", **cfg}),
+                                 scheduler or ModelScheduler())
     step = max(1, int(chunk_s * 16000))
     events = []
     for i in range(0, len(audio), step):
         events += session.push_audio(audio[i:i + step])
-    return session, events + session.finish()
+    events += session.finish()
+    return StreamStats().extend(events), events
 
 
 def finals(events) -> list[str]:
@@ -37,16 +41,16 @@ def test_committed_text_is_the_same_for_any_chunk_size(engine):
     audio = load_audio(load_manifest("fr_en_dev")[1].path)
     results = {}
     for chunk_s in (0.02, 0.1, 1.0):
-        session, events = stream(engine, audio, chunk_s, source_language="fr")
-        results[chunk_s] = (finals(events), session.stats.translation)
+        stats, events = stream(engine, audio, chunk_s, source_language="fr")
+        results[chunk_s] = (finals(events), stats.translation)
     assert results[0.02] == results[0.1] == results[1.0]
     assert len(results[1.0][0]) >= 2  # committed incrementally, not only at the end
 
 
 def test_french_clip_gives_english_text_and_speech(engine):
     clip = load_manifest("fr_en_dev")[1]
-    session, events = stream(engine, load_audio(clip.path), 0.1, source_language="fr")
-    text = normalise(session.stats.translation)
+    stats, events = stream(engine, load_audio(clip.path), 0.1, source_language="fr")
+    text = normalise(stats.translation)
     assert sum(w in text for w in REFERENCE_1857_WORDS) >= 3, text
     speech = [e for e in events if isinstance(e, SpeechSegment)]
     assert speech and all(s.sample_rate_hz == 22050 for s in speech)
@@ -59,40 +63,42 @@ def test_french_clip_gives_english_text_and_speech(engine):
 
 
 def test_source_language_detection(engine):
-    session, _ = stream(engine, load_audio(load_manifest("fr_en_dev")[0].path), 0.5, source_language="")
-    assert session.stats.detected_language == "fr"
+    stats, _ = stream(engine, load_audio(load_manifest("fr_en_dev")[0].path), 0.5, source_language="")
+    assert stats.detected_language == "fr"
 
 
 def test_english_to_english_is_transcription(engine):
     clips = load_manifest("en_asr")[:3]
     texts = []
     for clip in clips:
-        session, events = stream(engine, load_audio(clip.path), 0.5, source_language="en", return_audio=False)
-        assert session.cfg.task == "transcribe"
+        stats, events = stream(engine, load_audio(clip.path), 0.5, source_language="en", return_audio=False)
+        assert stats.transcript == stats.translation  # transcription: the source text is the output
         assert not [e for e in events if isinstance(e, SpeechSegment)]
-        texts.append(session.stats.translation)
+        texts.append(stats.translation)
     assert wer(texts, [c.source_text for c in clips]) < 0.35
 
 
 def test_silence_costs_no_recogniser_compute(engine):
-    session, events = stream(engine, np.zeros(16000 * 5, np.float32), 0.1, source_language="fr")
-    assert not events
-    assert session.stats.stage_s.get("encoder", 0.0) == 0.0 and session.stats.stage_s.get("decoder", 0.0) == 0.0
+    stats, events = stream(engine, np.zeros(16000 * 5, np.float32), 0.1, source_language="fr")
+    assert not [e for e in events if isinstance(e, (TextSegment, SpeechSegment))]
+    assert stats.stage_s["vad"] > 0
+    assert stats.stage_s.get("encoder", 0.0) == 0.0 and stats.stage_s.get("decoder", 0.0) == 0.0
 
 
 def test_long_stream_keeps_bounded_state(engine):
     clip = load_manifest("fr_longform")[0]  # ~56 s monologue
     audio = load_audio(clip.path)
-    session = engine.new_session(engine.session_config(source_language="fr", target_language="en", return_audio=False))
+    session = engine.new_session(engine.session_config(source_language="fr", target_language="en", return_audio=False),
+                                 ModelScheduler())
     limit = int((engine.config.max_utterance_s + 1.0) * 16000)
-    peak = 0
+    peak, events = 0, []
     for i in range(0, len(audio), 16000):
-        session.push_audio(audio[i:i + 16000])
-        peak = max(peak, len(session._audio))
-        assert len(session.context) <= engine.config.context_tokens
-    session.finish()
+        events += session.push_audio(audio[i:i + 16000])
+        peak = max(peak, len(session.recognizer_state.audio))
+        assert len(session.recognizer_state.context) <= engine.config.context_tokens
+    stats = StreamStats().extend(events + session.finish())
     assert peak <= limit
-    assert len(session.stats.translation.split()) > 40
+    assert len(stats.translation.split()) > 40
 
 
 def test_bad_session_settings_are_value_errors(engine):
@@ -112,8 +118,6 @@ def test_scheduler_serialises_model_calls_across_threads(engine):
     """Two streams in two threads: their model calls never overlap (one slot)."""
     import threading
 
-    from relais.pipeline.scheduler import ModelScheduler
-
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
 
@@ -124,19 +128,94 @@ def test_scheduler_serialises_model_calls_across_threads(engine):
         with lock:
             spans.append((end - seconds, end))
 
-    previous = engine.scheduler
-    engine.scheduler = ModelScheduler(1, observer=record)
-    try:
-        audio = load_audio(load_manifest("fr_en_dev")[8].path)  # ~3 s clip
-        threads = [threading.Thread(target=stream, args=(engine, audio, 0.1), kwargs={"source_language": "fr",
-                                                                                   "return_audio": False})
-                   for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        engine.scheduler = previous
+    scheduler = engine.new_scheduler(observer=record)
+    audio = load_audio(load_manifest("fr_en_dev")[8].path)  # ~3 s clip
+    threads = [threading.Thread(target=stream, args=(engine, audio, 0.1, scheduler),
+                                kwargs={"source_language": "fr", "return_audio": False})
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     spans.sort()
     assert len(spans) > 20
     assert all(a_end <= b_start + 1e-4 for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, step_s: float = 1.0) -> str:
+    """The oracle for streaming == offline: the same schedule (VAD decisions at window ends, a
+    hypothesis every step_s, LocalAgreement-2, utterances cut at max_utterance_s, earlier text as
+    prompt), decoded straight from the whole clip with no stream buffers or stages involved."""
+    from relais.pipeline.policy import LocalAgreementPolicy
+
+    whisper, vad, cfg = engine.whisper, engine.vad, engine.config
+    win = vad.window_samples
+    step = max(win, int(round(step_s * 16000 / win)) * win)
+    tok = whisper.tokenizer
+    policy = LocalAgreementPolicy(2, is_word_start=lambda t: t < tok.eot and tok.token_text(t).startswith(" "))
+    vad_state = vad.new_state()
+    schedule = [(w.end_sample, w.events) for w in vad.windows(vad_state, audio)]
+    tail = vad.flush_window(vad_state)
+    schedule.append((tail.end_sample, tail.events))
+    state, context, texts = policy.new_state(), [], []
+    utt: list[int] | None = None  # [start, next_step]
+
+    def decode(start: int, end: int, final: bool):
+        nonlocal language
+        seg = audio[start:end]
+        if len(seg) < win or (language is None and not final and len(seg) < 3 * 16000):
+            return None
+        enc = whisper.encode(seg, len(seg) / 16000 + cfg.encoder_pad_s)
+        if language is None:
+            language, _ = whisper.detect_language(enc)
+        prompt = whisper.prompt("translate", language, previous=context)
+        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed)
+
+    def close(end: int) -> None:
+        nonlocal context, utt
+        result = decode(utt[0], end, final=True)
+        policy.flush(state, result.tokens if result else [])
+        texts.append(tok.decode(state.committed))
+        context = (context + state.committed)[-cfg.context_tokens:]
+        policy.reset(state)
+        utt = None
+
+    for done, events in schedule:
+        for ev in events:
+            if ev.kind == "start" and utt is None:
+                utt = [ev.start_sample, ev.start_sample + step]
+            elif ev.kind == "end" and utt is not None:
+                close(max(ev.end_sample, utt[0] + win))
+        if utt is not None and (done, events) is not schedule[-1]:
+            if done - utt[0] >= int(cfg.max_utterance_s * 16000):
+                close(done)
+                utt = [done, done + step]
+            elif done >= utt[1]:
+                utt[1] += step
+                result = decode(utt[0], done, final=False)
+                if result is not None:
+                    policy.step(state, result.tokens)
+    if utt is not None:
+        close(schedule[-1][0])
+    return " ".join(" ".join(texts).split())
+
+
+@pytest.mark.parametrize("clip_index,language", [(0, None), (1, "fr")])
+def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language):
+    """End to end: a stream in odd-sized chunks commits exactly what an offline decode of the
+    whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the utterance cut)."""
+    audio = load_audio(load_manifest("fr_en_dev")[clip_index].path)
+    stats, _ = stream(engine, audio, 0.37, source_language=language or "", return_audio=False)
+    expected = offline_on_the_same_grid(engine, audio, language)
+    assert expected
+    assert " ".join(stats.translation.split()) == expected
+
+
+def test_text_spans_of_speech_that_starts_at_the_first_sample(engine):
+    """A committed text's source span starts where its utterance starts, also at sample 0."""
+    clip = load_audio(load_manifest("fr_en_dev")[1].path)
+    onset = engine.vad.speech_segments(clip)[0].start_sample + 3200  # past the VAD's 200 ms padding
+    stats, events = stream(engine, clip[onset:], 0.1, source_language="fr", return_audio=False)
+    finals = [e for e in events if isinstance(e, TextSegment) and e.kind == TextKind.TRANSLATION_FINAL]
+    assert finals and finals[0].start_s == 0.0
+    assert all(e.end_s > e.start_s for e in finals)

@@ -1,9 +1,9 @@
 """The translation engine: the shared, immutable models every stream uses.
 
 One instance per server. It loads the model set once (Whisper, Silero VAD, Piper
-voices), validates stream settings into a ``SessionConfig`` and creates per-stream
-``StreamingSession`` objects. Model calls report their duration to
-``stage_observer`` (the server turns that into Prometheus histograms).
+voices), validates stream settings into a ``SessionConfig`` and builds each stream's
+``StreamingSession`` from its stages, handing them the server's ``ModelScheduler``
+(which times every model call for the metrics). The engine itself runs no stream.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from relais.errors import InvalidRequest
 from relais.models.manifest import ModelEntry, load_model_set
-from relais.pipeline.scheduler import ModelScheduler
+from relais.pipeline.policy import LocalAgreementPolicy
+from relais.pipeline.recognizer import Recognizer, RecognizerSettings
+from relais.pipeline.scheduler import ModelScheduler, StageObserver, StreamCalls
+from relais.pipeline.session import StreamingSession
+from relais.pipeline.speaker import Speaker
 from relais.runtime.ort import RuntimeConfig, check_precision
 from relais.runtime.tts import PiperTts
 from relais.runtime.vad import SileroVad, VadConfig
@@ -123,8 +126,6 @@ class TranslationEngine:
             tts = PiperTts(self.model_set.path(v.name), runtime=self.config.runtime)
             self.voices[tts.name] = tts
             self.voice_info[tts.name] = VoiceInfo(tts.name, (v.languages or ["?"])[0], tts.sample_rate_hz)
-        self.stage_observer: Callable[[str, float], None] | None = None
-        self.scheduler = ModelScheduler(self.config.max_concurrent_calls, observer=self.observe)
         self.load_s = time.monotonic() - start
         log.info("engine ready: %s/%s on %s, voices %s (%.1f s)", entry.name, precision,
                  self.whisper.provider, sorted(self.voices), self.load_s)
@@ -145,10 +146,6 @@ class TranslationEngine:
         return EngineCapabilities(self.source_languages(), self.target_languages(),
                                   sorted(self.voice_info.values(), key=lambda v: v.name),
                                   list(self.model_set.models.values()), self.execution_provider)
-
-    def observe(self, stage: str, seconds: float) -> None:
-        if self.stage_observer is not None:
-            self.stage_observer(stage, seconds)
 
     # -- sessions ---------------------------------------------------------------
     def session_config(self, *, source_language: str = "", target_language: str = "", voice: str = "",
@@ -190,10 +187,23 @@ class TranslationEngine:
         raise InvalidRequest(f"no voice speaks {language!r}; available: "
                              f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
 
-    def new_session(self, cfg: SessionConfig):
-        from relais.pipeline.session import StreamingSession
+    def new_scheduler(self, observer: StageObserver | None = None) -> ModelScheduler:
+        """The scheduler every stream of one server shares (``observer`` gets each call's stage and seconds)."""
+        return ModelScheduler(self.config.max_concurrent_calls, observer=observer)
 
-        return StreamingSession(self, cfg)
+    def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
+        """A stream's stages over the shared models, calling them through ``scheduler``."""
+        calls = StreamCalls(scheduler)
+        tok = self.whisper.tokenizer
+        policy = LocalAgreementPolicy(n=cfg.latency.agreement,
+                                      is_word_start=lambda t: t < tok.eot and tok.token_text(t).startswith(" "))
+        settings = RecognizerSettings(
+            task=cfg.task, source_language=cfg.source_language, target_language=cfg.target_language,
+            step_s=cfg.latency.step_s, max_utterance_s=self.config.max_utterance_s,
+            encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens)
+        recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
+        speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls) if cfg.return_audio else None
+        return StreamingSession(self.vad, recognizer, speaker, calls)
 
     def warm_up(self) -> None:
         """One pass through every model so the first stream pays no start-up cost."""

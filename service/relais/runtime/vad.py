@@ -103,6 +103,15 @@ class VadEvent:
         return SpeechSegment(self.start_sample, self.end_sample, self.sample_rate_hz)
 
 
+@dataclass(frozen=True)
+class VadWindow:
+    """One analysed window: its samples, the stream position after it, the events it completed."""
+
+    audio: np.ndarray  # the window's samples (the last one of a stream may be shorter)
+    end_sample: int  # samples of the stream up to the end of this window
+    events: list[VadEvent]
+
+
 @dataclass
 class VadState:
     """Per-stream data: model memory, unprocessed samples and the segmenter's state."""
@@ -164,37 +173,51 @@ class SileroVad:
         return np.array([self._window_probability(state, w)
                          for w in padded.reshape(n, self.window_samples)], np.float32)
 
-    # -- streaming --------------------------------------------------------------
-    def step(self, state: VadState, audio: np.ndarray) -> list[VadEvent]:
-        """Feed a chunk of 16 kHz mono float32 audio; return the events it completes."""
+    # -- streaming ----------------------------------------------------------------
+    def windows(self, state: VadState, audio: np.ndarray) -> list[VadWindow]:
+        """Feed a chunk of 16 kHz mono float32 audio (any size); return every window it completes.
+
+        ``state.pending`` is the stream's one window buffer: samples short of a window wait
+        there for the next chunk, so results do not depend on how the audio was chunked.
+        """
         if state.finished:
             raise ValueError("this VadState was flushed; start a new one with new_state()")
         audio = _as_mono_float32(audio)
         state.samples_in += len(audio)
         buf = np.concatenate([state.pending, audio]) if len(state.pending) else audio
         n = len(buf) // self.window_samples
-        events: list[VadEvent] = []
+        out: list[VadWindow] = []
         for i in range(n):
             window = buf[i * self.window_samples:(i + 1) * self.window_samples]
-            events += self._advance(state, self._window_probability(state, window))
+            events = self._advance(state, self._window_probability(state, window))
+            out.append(VadWindow(window, state.windows_done * self.window_samples, events))
         state.pending = buf[n * self.window_samples:].copy()
-        return events
+        return out
 
-    def flush(self, state: VadState) -> list[VadEvent]:
-        """End of stream: process the last partial window and close an open segment."""
+    def flush_window(self, state: VadState) -> VadWindow:
+        """End of stream: the last partial window (its real samples only) and the closing events."""
         if state.finished:
-            return []
+            return VadWindow(np.zeros(0, np.float32), state.samples_in, [])
+        tail = state.pending
         events: list[VadEvent] = []
-        if len(state.pending):
+        if len(tail):
             window = np.zeros(self.window_samples, np.float32)
-            window[: len(state.pending)] = state.pending
+            window[: len(tail)] = tail
             state.pending = np.zeros(0, np.float32)
             events += self._advance(state, self._window_probability(state, window))
         if state.onset is not None:
             end = state.silence_from if state.silence_from is not None else state.samples_in
             events += self._close(state, end, end_limit=state.samples_in)
         state.finished = True
-        return events
+        return VadWindow(tail, state.samples_in, events)
+
+    def step(self, state: VadState, audio: np.ndarray) -> list[VadEvent]:
+        """Feed a chunk (any size); return the events it completes."""
+        return [e for w in self.windows(state, audio) for e in w.events]
+
+    def flush(self, state: VadState) -> list[VadEvent]:
+        """End of stream: process the last partial window and close an open segment."""
+        return self.flush_window(state).events
 
     def speech_segments(self, audio: np.ndarray) -> list[SpeechSegment]:
         """Offline: the segments of a whole clip (the streaming machine, run once)."""

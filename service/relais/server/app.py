@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from relais.pipeline.engine import TranslationEngine
 from relais.server.config import ServerConfig, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
@@ -38,7 +39,7 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class RelaisServer:
     """One server instance; build it with :func:`build_server`, then ``await start()``."""
 
-    def __init__(self, config: ServerConfig, engine=None):
+    def __init__(self, config: ServerConfig, engine: TranslationEngine | None = None):
         self.config = config
         self.metrics = RelaisMetrics()
         self.gate = Gate()
@@ -51,7 +52,7 @@ class RelaisServer:
         self._force_stop: asyncio.Event | None = None
 
     @property
-    def engine(self):
+    def engine(self) -> TranslationEngine | None:
         return self.gate.engine
 
     async def start(self) -> None:
@@ -84,23 +85,19 @@ class RelaisServer:
         self.metrics.model_load_seconds.set(load_s)
         self.metrics.set_execution_provider(engine.capabilities().execution_provider)
         if self.gate.phase == "warming":  # not stopped meanwhile
+            self.gate.scheduler = engine.new_scheduler(observer=self.metrics.observe_stage)
             self.gate.engine, self.gate.phase = engine, "serving"
             for name in ("", SERVICE_NAME):
                 await self._health.set(name, _SERVING)
             log.info("SERVING on port %d (models ready in %.1f s)", self.port, load_s)
 
-    def _load_engine(self):
+    def _load_engine(self) -> tuple[TranslationEngine, float]:
         started = time.monotonic()
-        engine = self._given_engine
-        if engine is None:
-            from relais.pipeline.engine import TranslationEngine
-
-            engine = TranslationEngine(self.config.engine_config())
-        engine.stage_observer = self.metrics.observe_stage
+        engine = self._given_engine or TranslationEngine(self.config.engine_config())
         engine.warm_up()
         load_s = time.monotonic() - started
         if self._given_engine is not None:
-            load_s += float(getattr(engine, "load_s", 0.0))  # it was loaded before we got it
+            load_s += engine.load_s  # it was loaded before we got it
         return engine, load_s
 
     def _count_error(self, code_name: str) -> None:
@@ -130,7 +127,7 @@ class RelaisServer:
             self._force_stop.set()
 
 
-def build_server(config: ServerConfig | None = None, engine=None) -> RelaisServer:
+def build_server(config: ServerConfig | None = None, engine: TranslationEngine | None = None) -> RelaisServer:
     """A server for ``config`` (default: :func:`load_config`), loading its own engine unless given one."""
     return RelaisServer(config if config is not None else load_config(), engine)
 
@@ -176,7 +173,8 @@ async def _serve(config: ServerConfig) -> int:
 class InProcessServer:
     """A server on a background thread with its own event loop (the client CLI's fallback)."""
 
-    def __init__(self, config: ServerConfig, engine=None, ready_timeout_s: float = 600.0):
+    def __init__(self, config: ServerConfig, engine: TranslationEngine | None = None,
+                 ready_timeout_s: float = 600.0):
         self.server = build_server(config, engine)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -228,7 +226,8 @@ class InProcessServer:
         self.close()
 
 
-def start_in_process(config: ServerConfig | None = None, engine=None) -> InProcessServer:
+def start_in_process(config: ServerConfig | None = None,
+                     engine: TranslationEngine | None = None) -> InProcessServer:
     """Start a private server (by default on 127.0.0.1, free ports) and wait until it is SERVING."""
     if config is None:
         config = load_config().replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0})

@@ -12,10 +12,12 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 
+from relais.server.report import StreamSummary
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "cancelled", "error", "rejected")
-STAGES = ("vad", "encoder", "decoder", "mt", "tts")
+STAGES = ("vad", "encoder", "language", "decoder", "tts")
 DIRECTIONS = ("in", "out")
 
 _STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -66,8 +68,19 @@ class RelaisMetrics:
     # --- recording ------------------------------------------------------------------------------
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        """The engine's ``stage_observer``: called from worker threads (prometheus_client is thread-safe)."""
+        """The model scheduler's observer: called from worker threads (prometheus_client is thread-safe)."""
         self.stage_latency_seconds.labels(stage=stage).observe(seconds)
+
+    def record_stream(self, summary: StreamSummary) -> None:
+        """A finished stream's latencies, from its summary (the same numbers the client gets)."""
+        if summary.first_text_latency_s is not None:
+            self.first_text_latency_seconds.observe(summary.first_text_latency_s)
+        if summary.first_audio_latency_s is not None:
+            self.first_audio_latency_seconds.observe(summary.first_audio_latency_s)
+        for lag in summary.output_lags_s:
+            self.output_lag_seconds.observe(lag)
+        if summary.audio_in_s > 0:
+            self.real_time_factor.observe(summary.real_time_factor)
 
     def set_execution_provider(self, provider: str) -> None:
         self.execution_provider_info.clear()

@@ -1,0 +1,195 @@
+"""The recognition stage: VAD windows in, committed and partial text out.
+
+Per utterance (a VAD speech run, cut at ``max_utterance_s``):
+  every ``step_s`` of audio -> Whisper encodes the utterance so far (plus a little
+  padding) and decodes greedily after the committed tokens -> the simultaneous
+  policy commits the stable prefix (whole words).
+At the end of the utterance the final hypothesis is committed in full, and its
+tokens become the prompt context of the next utterance.
+
+Hypotheses are due on a fixed grid of source time (window ends), so the committed
+text does not depend on how the client chunked its audio. ``Recognizer`` holds the
+shared model, the policy and the limits; everything per stream is in
+``RecognizerState``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from relais.pipeline.events import (LanguageDetected, PipelineEvent, SpeechOnset, TextKind, TextSegment,
+                                    UtteranceEnd)
+from relais.pipeline.policy import PolicyState, SimultaneousPolicy
+from relais.pipeline.scheduler import StreamCalls
+from relais.runtime.vad import VadEvent, VadWindow
+from relais.runtime.whisper import DecodeResult, WhisperModel
+
+log = logging.getLogger(__name__)
+
+IDLE_KEEP_S = 2.0  # audio kept while no utterance is open (a VAD start reaches back < 1 s)
+
+
+@dataclass(frozen=True)
+class RecognizerSettings:
+    task: str  # "translate" (to English) or "transcribe"
+    source_language: str | None  # None: detect on the first utterance
+    target_language: str
+    step_s: float  # decode a new hypothesis every step_s of source audio
+    max_utterance_s: float  # a longer run of speech is cut (bounded cost per step)
+    encoder_pad_s: float  # silence appended to the audio the encoder sees
+    context_tokens: int  # committed tokens of earlier utterances used as prompt
+    language_detect_min_s: float = 3.0  # detect the language on at least this much speech
+
+
+@dataclass
+class Utterance:
+    start: int  # first sample (absolute)
+    next_step: int  # sample at which the next hypothesis is due
+    committed_text: str = ""  # text of the policy's committed tokens
+
+
+@dataclass
+class RecognizerState:
+    policy: PolicyState
+    language: str | None  # None until detected
+    context: list[int] = field(default_factory=list)  # committed tokens of earlier utterances
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # samples from audio_start on
+    audio_start: int = 0
+    done: int = 0  # samples analysed so far (window ends)
+    utterance: Utterance | None = None
+
+
+class Recognizer:
+    def __init__(self, whisper: WhisperModel, policy: SimultaneousPolicy, settings: RecognizerSettings,
+                 calls: StreamCalls, window_samples: int):
+        self.whisper = whisper
+        self.policy = policy
+        self.settings = settings
+        self.calls = calls
+        self.window = window_samples
+        self.rate_hz = whisper.sample_rate_hz
+        self.step_samples = max(self.window, int(round(settings.step_s * self.rate_hz / self.window)) * self.window)
+        self.max_utt_samples = int(settings.max_utterance_s * self.rate_hz)
+
+    def new_state(self) -> RecognizerState:
+        return RecognizerState(policy=self.policy.new_state(), language=self.settings.source_language)
+
+    def step(self, state: RecognizerState, window: VadWindow) -> list[PipelineEvent]:
+        """One analysed window: follow the VAD, and decode when a hypothesis is due."""
+        self._append(state, window)
+        events: list[PipelineEvent] = []
+        for vad_event in window.events:
+            events += self._on_vad(state, vad_event)
+        utt = state.utterance
+        if utt is not None:
+            if state.done - utt.start >= self.max_utt_samples:
+                log.debug("utterance reached %.1f s: cut", self.max_utt_samples / self.rate_hz)
+                events += self._end_utterance(state, state.done)
+                state.utterance = Utterance(start=state.done, next_step=state.done + self.step_samples)
+            elif state.done >= utt.next_step:
+                utt.next_step += self.step_samples
+                events += self._hypothesis_step(state, state.done)
+        return events
+
+    def flush(self, state: RecognizerState, tail: VadWindow) -> list[PipelineEvent]:
+        """End of the stream: the last partial window, then close the open utterance."""
+        self._append(state, tail)
+        events: list[PipelineEvent] = []
+        for vad_event in tail.events:
+            events += self._on_vad(state, vad_event)
+        if state.utterance is not None:
+            events += self._end_utterance(state, state.done)
+        return events
+
+    # -- audio and utterances -----------------------------------------------------
+    def _append(self, state: RecognizerState, window: VadWindow) -> None:
+        state.audio = np.concatenate([state.audio, window.audio])
+        state.done = window.end_sample
+        if state.utterance is None:  # nothing can reach back further than this
+            drop = len(state.audio) - int(IDLE_KEEP_S * self.rate_hz)
+            if drop > 0:
+                state.audio = state.audio[drop:]
+                state.audio_start += drop
+
+    def _on_vad(self, state: RecognizerState, event: VadEvent) -> list[PipelineEvent]:
+        if event.kind == "start":
+            if state.utterance is None:
+                state.utterance = Utterance(start=event.start_sample, next_step=event.start_sample + self.step_samples)
+            return [SpeechOnset(event.start_s, self._seconds(state.done))]
+        if state.utterance is None or event.end_sample is None:
+            return []
+        return self._end_utterance(state, max(event.end_sample, state.utterance.start + self.window))
+
+    def _segment(self, state: RecognizerState, end: int) -> np.ndarray:
+        start = state.utterance.start - state.audio_start
+        return state.audio[max(start, 0): end - state.audio_start]
+
+    def _seconds(self, samples: int) -> float:
+        return samples / self.rate_hz
+
+    # -- decoding -------------------------------------------------------------------
+    def _decode(self, state: RecognizerState, end: int, final: bool,
+                events: list[PipelineEvent]) -> DecodeResult | None:
+        audio = self._segment(state, end)
+        if len(audio) < self.window:
+            return None
+        if state.language is None and not final and len(audio) < self.settings.language_detect_min_s * self.rate_hz:
+            return None  # too little speech to tell the language reliably: wait
+        pad = len(audio) / self.rate_hz + self.settings.encoder_pad_s
+        enc = self.calls.run("encoder", self.whisper.encode, audio, pad)
+        if state.language is None:
+            state.language, prob = self.calls.run("language", self.whisper.detect_language, enc)
+            log.info("detected language %s (p=%.2f)", state.language, prob)
+            events.append(LanguageDetected(state.language, prob, self._seconds(state.done)))
+        prompt = self.whisper.prompt(self.settings.task, state.language, previous=state.context)
+        committed = state.policy.committed
+        return self.calls.run("decoder", self.whisper.greedy, enc, prompt + committed,
+                              at_start=not committed, history=committed)
+
+    def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
+        events: list[PipelineEvent] = []
+        result = self._decode(state, end, final=False, events=events)
+        if result is None:
+            return events
+        new = self.policy.step(state.policy, result.tokens)
+        events += self._commit(state, new, end)
+        tail = self.whisper.tokenizer.decode(state.policy.tail).strip()
+        events.append(self._text(state, TextKind.TRANSLATION_PARTIAL, tail, end))
+        return events
+
+    def _end_utterance(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
+        events: list[PipelineEvent] = []
+        result = self._decode(state, end, final=True, events=events)
+        new = self.policy.flush(state.policy, result.tokens if result else [])
+        events += self._commit(state, new, end)
+        state.context = (state.context + state.policy.committed)[-self.settings.context_tokens:]
+        self.policy.reset(state.policy)
+        events.append(UtteranceEnd(self._seconds(state.utterance.start), self._seconds(end),
+                                   self._seconds(state.done)))
+        state.utterance = None
+        # Drop audio no later utterance can need.
+        state.audio = state.audio[end - state.audio_start:]
+        state.audio_start = end
+        return events
+
+    def _commit(self, state: RecognizerState, new_tokens: list[int], end: int) -> list[PipelineEvent]:
+        if not new_tokens:
+            return []
+        utt = state.utterance
+        text = self.whisper.tokenizer.decode(state.policy.committed)
+        delta = text[len(utt.committed_text):] if text.startswith(utt.committed_text) else text
+        utt.committed_text = text
+        if not delta.strip():
+            return []
+        events: list[PipelineEvent] = [self._text(state, TextKind.TRANSLATION_FINAL, delta.strip(), end)]
+        if self.settings.task == "transcribe" and self.settings.target_language == state.language:
+            events.append(self._text(state, TextKind.SOURCE_FINAL, delta.strip(), end))
+        return events
+
+    def _text(self, state: RecognizerState, kind: TextKind, text: str, end: int) -> TextSegment:
+        language = self.settings.target_language if "translation" in kind.value else (state.language or "")
+        return TextSegment(kind, text, language, self._seconds(state.utterance.start), self._seconds(end),
+                           self._seconds(state.done))
