@@ -81,9 +81,16 @@ class SpeechChunk:
         return len(self.audio) / self.sample_rate_hz
 
 
+# Punctuation that ends a sentence, a phrase (also ; and :) or a clause (also ,), and
+# the closing quotes/brackets that may follow it. The one definition: the speech stage
+# cuts phrases with PHRASE_END / CLAUSE_END, split_sentences splits on _SENTENCE_END.
+SENTENCE_TERMINATORS = ".!?…"
+CLOSERS = "\"'”’)\\]"
+PHRASE_END = re.compile(f"[{SENTENCE_TERMINATORS};:][{CLOSERS}]*\\s*$")  # a word that ends a phrase
+CLAUSE_END = re.compile(f"[,{SENTENCE_TERMINATORS};:][{CLOSERS}]*\\s*$")  # ... or a clause
 # Sentence ends: terminal punctuation (optionally closing quotes/brackets) + space, or
 # CJK terminators. Abbreviations and initials are re-joined below.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+|(?<=[。！？])")
+_SENTENCE_END = re.compile(f"(?<=[{SENTENCE_TERMINATORS}])[{CLOSERS}]*\\s+|(?<=[。！？])")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "no", "fig", "approx"}
 
 
