@@ -2,6 +2,7 @@
 
 import pytest
 
+from relais.eval.latency import TimedSpeech as S
 from relais.eval.latency import (average_lagging, average_proportion, average_token_delay_speech,
                                  average_token_delay_text, differentiable_average_lagging, linear_slope, percentile,
                                  simuleval_average_lagging, speech_timeline)
@@ -52,23 +53,23 @@ def test_atd_text_output():
 def test_atd_speech_output_plays_tokens_back_to_back():
     # 1.2 s source, one 0.6 s chunk emitted at 0.6 s: two 0.3 s output tokens end at 0.9 and 1.2,
     # aligned with the source tokens ending at 0.3 and 0.6 -> 0.6 each.
-    assert average_token_delay_speech([(0.6, 0.6)], 1.2) == pytest.approx(0.6)
+    assert average_token_delay_speech([S(0.6, 0.6)], 1.2) == pytest.approx(0.6)
     # a second chunk emitted while the first still plays starts when it ends (1.2 s), not at 0.9 s:
     # tokens end 0.9, 1.2, 1.5; source chunk 2 = [0.6, 0.9] (one token ending 0.9); token 3 aligns with it.
-    assert average_token_delay_speech([(0.6, 0.6), (0.9, 0.3)], 1.2) == pytest.approx((0.6 + 0.6 + 0.6) / 3)
+    assert average_token_delay_speech([S(0.6, 0.6), S(0.9, 0.3)], 1.2) == pytest.approx((0.6 + 0.6 + 0.6) / 3)
 
 
 def test_speech_placement_waits_for_emission_and_counts_gaps():
     # chunk 1 at 1.0 for 2 s (plays 1-3); chunk 2 emitted at 2.0 waits for 3.0 (plays 3-4);
     # chunk 3 emitted at 4.5 -> gap of 0.5 s, plays 4.5-5.0. Source 4 s -> EndOffset 1.0.
-    tl = speech_timeline([(1.0, 2.0), (2.0, 1.0), (4.5, 0.5)], source_s=4.0)
+    tl = speech_timeline([S(1.0, 2.0), S(2.0, 1.0), S(4.5, 0.5)], source_s=4.0)
     assert tl.start_offset_s == 1.0
     assert tl.end_offset_s == pytest.approx(1.0)
     assert tl.discontinuities == 1 and tl.discontinuity_s == pytest.approx(0.5)
 
 
 def test_speech_placement_back_to_back_has_no_discontinuity():
-    tl = speech_timeline([(0.5, 1.0), (0.7, 1.0), (1.0, 1.0)], source_s=2.0)
+    tl = speech_timeline([S(0.5, 1.0), S(0.7, 1.0), S(1.0, 1.0)], source_s=2.0)
     assert tl.end_offset_s == pytest.approx(3.5 - 2.0)
     assert tl.discontinuities == 0
 

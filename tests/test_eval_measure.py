@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from relais.client import Arrival, AudioReceived, ClientResult, ClientTimings, ServerSummary, TextReceived
 from relais.eval.measure import measure, send_wall_s
 from relais.eval.prometheus import compare, parse_histograms
-from relais.eval.report import summarise
+from relais.eval.results import summarise
 
 
 def _text(text, end_s, arrival_s, received_s, kind="translation_final"):
@@ -61,7 +61,7 @@ def test_simulated_uses_server_source_stamps():
 def test_summary_has_the_documented_keys():
     f = measure(_result(), "u", 2.0, "realtime", reference="Hello there, world!")
     f.translation = f.asr_text = "hello there world"  # punctuation and case are normalised away
-    s = summarise([f])
+    s = summarise([f]).to_dict()  # the keys of results.json's summary
     for key in ("bleu", "asr_bleu", "chrf", "start_offset_s", "end_offset_s", "al_s", "laal_s", "first_text_s",
                 "rtf", "lag_p50_s", "lag_p95_s", "n_utterances"):
         assert key in s and s[key] is not None, key
@@ -79,6 +79,41 @@ def test_prometheus_histogram_delta_mean_and_quantile():
     hist = parse_histograms(after)["relais_output_lag_seconds"].minus(parse_histograms(before)["relais_output_lag_seconds"])
     assert hist.count == 4 and hist.mean == pytest.approx(3.1 / 4)
     assert hist.quantile(0.5) == pytest.approx(0.5 + 0.5 * (2 - 1) / 2)  # 2nd of 4 in (0.5, 1.0], 2 there
-    rows = compare(before, after, {"output_lag": [0.25, 0.65, 0.85, 1.55]})
+    rows = compare(before, after, output_lag_s=[0.25, 0.65, 0.85, 1.55])
     lag = next(r for r in rows if r.name == "output_lag")
     assert lag.mean_difference_s == pytest.approx(0.05)
+
+
+def test_results_write_every_section(tmp_path):
+    """results.json keeps its shape (what docs/benchmarks/*/results.json hold); markdown and plots read the same."""
+    import json
+    from pathlib import Path
+
+    from relais.eval.report import markdown, write
+    from relais.eval.results import (ConcurrencyLevel, EvalResults, MemorySample, OfflineResults, OfflineRow,
+                                     OfflineSummary, Quality, RunMeta, max_concurrency_under, memory_summary)
+
+    f = measure(_result(), "u", 2.0, "realtime", reference="hello there my world")
+    levels = [ConcurrencyLevel(1, 1, 0, 0.5, 0.7, 0.4, 1.8, 1.8, 4.0), ConcurrencyLevel(2, 1, 0, 0.9, 3.5, 0.4, 2.0, 2.0, 5.0)]
+    meta = RunMeta("m.tsv", "2026-01-01T00:00:00", "cpu", "in-process", "realtime", "balanced", "fr", "en", 100,
+                   False, None, "RSS", "norm", asr_model="whisper-base (fp32)")
+    offline = OfflineResults(OfflineSummary(1, 0.2, Quality(1, 10.0, 40.0)),
+                             [OfflineRow("u", "hello world", "", "hello there my world", 1.5)], "whole utterance")
+    results = EvalResults(meta, summarise([f]), [f], {"v": "RpcError: boom"},
+                          memory_summary([MemorySample(0.0, 400 * 2**20), MemorySample(60.0, 460 * 2**20)]),
+                          compare(None, None), offline, levels, 3.0, max_concurrency_under(levels, 3.0))
+    write(results, tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    reference = json.loads((docs / "eval-fr_en_dev-realtime" / "results.json").read_text())
+    assert set(data) == set(reference)
+    assert set(data["summary"]) >= set(reference["summary"]) - {"asr_chrf"} and data["summary"]["concurrency"] == 1
+    assert set(data["utterances"][0]) == set(reference["utterances"][0])
+    assert set(data["offline"]) == set(reference["offline"]) and data["offline"]["summary"]["bleu"] == 10.0
+    assert set(data["concurrency"][0]) == set(reference["concurrency"][0]) and data["max_concurrency_under_bound"] == 1
+    assert data["memory"]["samples"] == [[0.0, 400.0], [60.0, 460.0]] and data["memory"]["rss_slope_mb_per_min"] == 60
+    text = markdown(results)
+    assert "| streamed |" in text and "| offline (same models) | 10.0 |" in text and "largest N within it: **1**" in text
+    assert "400 -> 460 MB" in text
+    assert {p.name for p in tmp_path.glob("*.png")} == {"latency_per_utterance.png", "memory_over_time.png",
+                                                        "lag_vs_concurrency.png"}

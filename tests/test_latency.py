@@ -2,11 +2,11 @@
 
 import pytest
 
-from relais.eval.latency import average_lagging, speech_timeline, word_delays
+from relais.eval.latency import TimedSpeech, TimedText, average_lagging, speech_timeline, word_delays
 
 
 def test_word_delays_expand_pieces():
-    assert word_delays([("hello there", 1.0), ("", 2.0), ("you", 3.5)]) == [1.0, 1.0, 3.5]
+    assert word_delays([TimedText("hello there", 1.0), TimedText("", 2.0), TimedText("you", 3.5)]) == [1.0, 1.0, 3.5]
 
 
 def test_average_lagging_ideal_wait_k_like_policy():
@@ -30,7 +30,7 @@ def test_laal_uses_the_longer_of_hypothesis_and_reference():
 
 
 def test_speech_timeline_places_chunks_back_to_back():
-    tl = speech_timeline([(2.0, 1.5), (3.0, 1.0), (6.0, 0.5)], source_s=5.0)
+    tl = speech_timeline([TimedSpeech(2.0, 1.5), TimedSpeech(3.0, 1.0), TimedSpeech(6.0, 0.5)], source_s=5.0)
     # plays 2.0-3.5, 3.5-4.5, waits until 6.0, plays 6.0-6.5
     assert tl.start_offset_s == 2.0
     assert tl.end_offset_s == pytest.approx(1.5)

@@ -13,13 +13,24 @@ the result; the same ASR scores that speech.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from relais.audio import PIPELINE_RATE_HZ
+from relais.audio.files import load_audio_16k
 from relais.audio.pcm import resample
+from relais.eval.data import Utterance
+from relais.eval.measure import UtteranceFigures
+from relais.eval.results import OfflineResults, OfflineRow, OfflineSummary, quality
+from relais.eval.runner import BatchRun, Progress
+
+if TYPE_CHECKING:
+    from relais.pipeline.engine import TranslationEngine
+    from relais.runtime.ort import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +62,7 @@ def split_windows(audio: np.ndarray, rate_hz: int, max_s: float = WINDOW_S) -> l
 class SpeechRecogniser:
     """English transcription of output speech with an exported Whisper model directory."""
 
-    def __init__(self, model_dir: str | Path, precision: str | None = None, runtime=None):
+    def __init__(self, model_dir: str | Path, precision: str | None = None, runtime: RuntimeConfig | None = None):
         from relais.runtime.whisper import WhisperModel
 
         model_dir = Path(model_dir)
@@ -64,7 +75,7 @@ class SpeechRecogniser:
         log.info("ASR for ASR-BLEU: %s (%s)", model_dir, precision)
 
     def transcribe(self, audio: np.ndarray, rate_hz: int) -> str:
-        if audio is None or len(audio) == 0:
+        if len(audio) == 0:
             return ""
         language = "en" if self.model.multilingual else None
         pieces = split_windows(resample(audio, rate_hz, PIPELINE_RATE_HZ), PIPELINE_RATE_HZ)
@@ -86,12 +97,47 @@ class OfflineOutput:
     sample_rate_hz: int
 
 
-def offline_translate(engine, audio_16k: np.ndarray, utt_id: str, source_language: str | None,
+def transcribe_outputs(recogniser: SpeechRecogniser, batch: BatchRun, figs: list[UtteranceFigures]) -> None:
+    """Fill ``asr_text`` of every utterance with a reference from its streamed output speech."""
+    by_id = {r.utterance.id: r.result for r in batch.runs if r.result is not None}
+    todo = [f for f in figs if f.reference and len(by_id[f.id].audio)]
+    with Progress(len(todo), "ASR of output speech") as bar:
+        for f in todo:
+            result = by_id[f.id]
+            f.asr_text = recogniser.transcribe(result.audio, result.output_sample_rate_hz)
+            bar.update()
+
+
+def offline_translate(engine: TranslationEngine, audio_16k: np.ndarray, utt_id: str, source_language: str | None,
                       voice: str | None = None) -> OfflineOutput:
     """Whole-utterance translation to English with the engine's Whisper, spoken by its voice."""
     text = " ".join(engine.whisper.transcribe(p, "translate", source_language).text.strip()
-                    for p in split_windows(audio_16k, 16000)).strip()
+                    for p in split_windows(audio_16k, PIPELINE_RATE_HZ)).strip()
     name = voice or engine.session_config(source_language=source_language or "", target_language="en").voice
     tts = engine.voices[name]
     speech = tts.synthesize(text) if text else np.zeros(0, np.float32)
     return OfflineOutput(utt_id, text, speech, tts.sample_rate_hz)
+
+
+def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recogniser: SpeechRecogniser | None,
+                     source_language: str | None, target_language: str) -> OfflineResults:
+    """Every utterance with a reference translated whole (:func:`offline_translate`), scored like the stream."""
+    rows, compute_s, source_s = [], 0.0, 0.0
+    todo = [u for u in utts if u.reference]
+    with Progress(len(todo), "offline baseline") as bar:
+        for u in todo:
+            audio = load_audio_16k(u.path)
+            started = time.monotonic()
+            out = offline_translate(engine, audio, u.id, source_language)
+            compute_s += time.monotonic() - started
+            source_s += len(audio) / PIPELINE_RATE_HZ
+            asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
+            rows.append(OfflineRow(u.id, out.translation, asr_text, u.reference, len(out.audio) / out.sample_rate_hz))
+            bar.update()
+    figs = [UtteranceFigures(id=r.id, duration_s=0.0, mode="offline", translation=r.translation,
+                             reference=r.reference, asr_text=r.asr_text, audio_out_s=r.audio_out_s) for r in rows]
+    scores = quality(figs, target_language)
+    summary = OfflineSummary(len(rows), compute_s / source_s if source_s else None,
+                             scores if recogniser is not None else scores.without_asr())
+    return OfflineResults(summary, rows, f"whole utterance at once: Whisper {engine.whisper.precision} translate "
+                                         f"(greedy, <= 28 s windows), the same voice speaks it; no policy, no latency")

@@ -12,10 +12,16 @@ import argparse
 import datetime
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relais.console import LATENCY_CHOICES, LATENCY_HELP
+from relais.eval.data import Utterance, read_manifest
 from relais.eval.machine import machine
+
+if TYPE_CHECKING:
+    from relais.eval.results import EvalResults
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,6 @@ def _levels(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    from relais.eval.data import read_manifest
-
     try:
         levels = _levels(args.concurrency)
         utts = read_manifest(args.manifest)[: args.limit or None]
@@ -76,13 +80,15 @@ def run(args) -> int:
     written = write(results, args.out)
     print(markdown(results))
     print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 0 if results["summary"]["n_failed"] == 0 else 1
+    return 0 if results.summary.n_failed == 0 else 1
 
 
-def evaluate(args, utts, levels: list[int]) -> dict:
+def evaluate(args, utts: list[Utterance], levels: list[int]) -> EvalResults:
+    from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
     from relais.eval.measure import measure
     from relais.eval.prometheus import compare
-    from relais.eval.report import ConcurrencyLevel, max_concurrency_under, memory_summary, summarise
+    from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
+                                     summarise)
     from relais.eval.runner import MemorySampler, options_for, scrape, start_server, stream_all
 
     need_engine = not args.no_offline and any(u.reference for u in utts)
@@ -93,15 +99,15 @@ def evaluate(args, utts, levels: list[int]) -> dict:
                        max_sessions=max(8, max(levels)))
     options = options_for(args.mode, source_language=args.source, target_language=args.target,
                           latency_mode=args.latency)
-    results: dict = {"meta": {
-        "manifest": str(args.manifest), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": machine(), "server": args.server or f"in-process ({sut.address})", "mode": args.mode,
-        "latency_mode": args.latency, "source_language": args.source, "target_language": args.target,
-        "chunk_ms": options.chunk_ms, "longform": args.longform,
-        "command": "relais " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
-        "memory_source": ("RSS of this process (the in-process server, plus the eval client and models it loaded)"
-                          if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),
-        "normalisation": "Whisper English normaliser, then NFKC, lowercase, punctuation stripped; sacrebleu 13a"}}
+    meta = RunMeta(
+        manifest=str(args.manifest), date=datetime.datetime.now().isoformat(timespec="seconds"),
+        machine=machine(), server=args.server or f"in-process ({sut.address})", mode=args.mode,
+        latency_mode=args.latency, source_language=args.source, target_language=args.target,
+        chunk_ms=options.chunk_ms, longform=args.longform,
+        command="relais " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
+        memory_source=("RSS of this process (the in-process server, plus the eval client and models it loaded)"
+                       if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),
+        normalisation="Whisper English normaliser, then NFKC, lowercase, punctuation stripped; sacrebleu 13a")
     try:
         main_figs, main_batch, levels_out, memory, prom = None, None, [], [], []
         for n in levels:
@@ -114,89 +120,29 @@ def evaluate(args, utts, levels: list[int]) -> dict:
                             reference=r.utterance.reference, source_text=r.utterance.source_text,
                             chunk_ms=options.chunk_ms) for r in batch.runs if r.result is not None]
             failed = sum(r.result is None for r in batch.runs)
-            lags = [p.lag_s for f in figs for p in f.lags]
-            s = summarise(figs, failed, args.target)
-            levels_out.append(ConcurrencyLevel(n, len(figs), failed, s["lag_p50_s"], s["lag_p95_s"], s["rtf"],
-                                               s["client_wall_rtf"], s["start_offset_s"], batch.wall_s))
+            s = summarise(figs, failed, args.target, concurrency=n)
+            levels_out.append(ConcurrencyLevel(n, len(figs), failed, s.lag_p50_s, s.lag_p95_s, s.rtf,
+                                               s.client_wall_rtf, s.start_offset_s, batch.wall_s))
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
-                client = {"output_lag": lags if args.mode == "realtime" else [],
-                          "first_audio": [f.client_first_audio_from_onset_s for f in figs
-                                          if f.client_first_audio_from_onset_s is not None]}
-                prom = [c.to_dict() for c in compare(before, after, client)]
-        recogniser = None if args.no_asr else _asr(args, main_batch, main_figs, results)
-        if need_engine:
-            results["offline"] = _offline(args, sut.engine, utts, recogniser)
+                lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []
+                prom = compare(before, after, output_lag_s=lags,
+                               first_audio_s=[f.client_first_audio_from_onset_s for f in figs
+                                              if f.client_first_audio_from_onset_s is not None])
+        recogniser = None
+        if not args.no_asr:
+            recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models))
+            meta = replace(meta, asr_model=f"{recogniser.info.path} ({recogniser.info.precision})")
+            transcribe_outputs(recogniser, main_batch, main_figs)
+        offline = (offline_baseline(sut.engine, utts, recogniser, args.source or None, args.target)
+                   if need_engine else None)
     finally:
         sut.close()
-    results["summary"] = summarise(main_figs, sum(r.result is None for r in main_batch.runs), args.target)
-    results["summary"]["concurrency"] = levels[0]
-    results["utterances"] = [f.to_dict() for f in main_figs]
-    results["errors"] = {r.utterance.id: r.error for r in main_batch.runs if r.error}
-    if len(levels) > 1:
-        from dataclasses import asdict
-
-        results["concurrency"] = [asdict(lv) for lv in levels_out]
-        results["lag_bound_s"] = args.lag_bound_s
-        results["max_concurrency_under_bound"] = max_concurrency_under(levels_out, args.lag_bound_s)
-    results["memory"] = memory_summary(memory)
-    results["prometheus_vs_client"] = prom
-    return results
-
-
-def _asr(args, batch, figs, results):
-    from relais.eval.asr import SpeechRecogniser, default_asr_dir
-
-    recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models))
-    results["meta"]["asr_model"] = f"{recogniser.info.path} ({recogniser.info.precision})"
-    from relais.eval.runner import progress
-
-    by_id = {r.utterance.id: r.result for r in batch.runs if r.result is not None}
-    todo = [f for f in figs if f.reference and len(by_id[f.id].audio)]
-    bar = progress(len(todo), "ASR of output speech")
-    for f in todo:
-        result = by_id[f.id]
-        f.asr_text = recogniser.transcribe(result.audio, result.output_sample_rate_hz)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return recogniser
-
-
-def _offline(args, engine, utts, recogniser) -> dict:
-    import time
-
-    from relais.eval.asr import offline_translate
-    from relais.audio.files import load_audio_16k
-    from relais.eval.measure import UtteranceFigures
-    from relais.eval.report import quality
-    from relais.eval.runner import progress
-
-    rows, compute_s, source_s = [], 0.0, 0.0
-    todo = [u for u in utts if u.reference]
-    bar = progress(len(todo), "offline baseline")
-    for u in todo:
-        audio = load_audio_16k(u.path)
-        started = time.monotonic()
-        out = offline_translate(engine, audio, u.id, args.source or None)
-        compute_s += time.monotonic() - started
-        source_s += len(audio) / 16000
-        asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
-        rows.append({"id": u.id, "translation": out.translation, "asr_text": asr_text, "reference": u.reference,
-                     "audio_out_s": len(out.audio) / out.sample_rate_hz})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    figs = [UtteranceFigures(id=r["id"], duration_s=0.0, mode="offline", translation=r["translation"],
-                             reference=r["reference"], asr_text=r["asr_text"], audio_out_s=r["audio_out_s"])
-            for r in rows]
-    summary = {"n_utterances": len(rows), "rtf": compute_s / source_s if source_s else None,
-               **quality(figs, args.target)}
-    if recogniser is None:
-        summary.pop("asr_bleu", None)
-        summary.pop("asr_chrf", None)
-    return {"summary": summary, "utterances": rows,
-            "what": f"whole utterance at once: Whisper {engine.whisper.precision} translate (greedy, <= 28 s "
-                    f"windows), the same voice speaks it; no policy, no latency"}
+    failed = sum(r.result is None for r in main_batch.runs)
+    sweep = levels_out if len(levels) > 1 else []
+    return EvalResults(
+        meta=meta, summary=summarise(main_figs, failed, args.target, concurrency=levels[0]), utterances=main_figs,
+        errors={r.utterance.id: r.error for r in main_batch.runs if r.error}, memory=memory_summary(memory),
+        prometheus_vs_client=prom, offline=offline, concurrency=sweep,
+        lag_bound_s=args.lag_bound_s if sweep else None,
+        max_concurrency_under_bound=max_concurrency_under(sweep, args.lag_bound_s) if sweep else None)

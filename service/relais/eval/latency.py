@@ -35,9 +35,25 @@ import math
 from dataclasses import dataclass
 
 
-def word_delays(pieces: list[tuple[str, float]]) -> list[float]:
-    """Expand (text, delay) pieces into one delay per output word."""
-    return [delay for text, delay in pieces for _ in text.split()]
+@dataclass(frozen=True)
+class TimedText:
+    """A piece of output text and its delay (seconds, on the clock the score uses)."""
+
+    text: str
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class TimedSpeech:
+    """An output audio chunk: its emission delay and how long it plays."""
+
+    delay_s: float
+    duration_s: float
+
+
+def word_delays(pieces: list[TimedText]) -> list[float]:
+    """Expand text pieces into one delay per output word."""
+    return [p.delay_s for p in pieces for _ in p.text.split()]
 
 
 def average_lagging(delays: list[float], source_s: float, reference_words: int = 0) -> float:
@@ -58,19 +74,19 @@ class SpeechTimeline:
     discontinuity_s: float  # their total length
 
 
-def speech_timeline(chunks: list[tuple[float, float]], source_s: float, gap_tolerance_s: float = 0.01) -> SpeechTimeline:
-    """``chunks``: (emission delay, duration) of each output audio chunk, in order."""
+def speech_timeline(chunks: list[TimedSpeech], source_s: float, gap_tolerance_s: float = 0.01) -> SpeechTimeline:
+    """``chunks``: the output audio chunks, in order."""
     if not chunks:
         return SpeechTimeline(0.0, 0.0, 0, 0.0)
     end = 0.0
     gaps, gap_s = 0, 0.0
-    for i, (emitted, duration) in enumerate(chunks):
-        start = max(end, emitted)
+    for i, chunk in enumerate(chunks):
+        start = max(end, chunk.delay_s)
         if i and start - end > gap_tolerance_s:
             gaps += 1
             gap_s += start - end
-        end = start + duration
-    return SpeechTimeline(chunks[0][0], end - source_s, gaps, gap_s)
+        end = start + chunk.duration_s
+    return SpeechTimeline(chunks[0].delay_s, end - source_s, gaps, gap_s)
 
 
 def simuleval_average_lagging(delays: list[float], source_s: float, reference_words: int = 0) -> float:
@@ -152,15 +168,16 @@ def average_token_delay_text(delays: list[float], source_s: float, token_s: floa
     return _average_token_delay(groups, source_s, token_s)
 
 
-def average_token_delay_speech(chunks: list[tuple[float, float]], source_s: float, token_s: float = 0.3) -> float:
-    """ATD for speech output: ``chunks`` are (emission delay, duration) of each output audio chunk."""
+def average_token_delay_speech(chunks: list[TimedSpeech], source_s: float, token_s: float = 0.3) -> float:
+    """ATD for speech output: ``chunks`` are the output audio chunks, in order."""
     groups: list[tuple[float, list[float]]] = []
-    for d, duration in chunks:
+    for chunk in chunks:
+        d = chunk.delay_s
         if groups and groups[-1][0] == d:
-            total = sum(groups[-1][1]) + duration
+            total = sum(groups[-1][1]) + chunk.duration_s
             groups[-1] = (d, _split_tokens(total, token_s))
         else:
-            groups.append((d, _split_tokens(duration, token_s)))
+            groups.append((d, _split_tokens(chunk.duration_s, token_s)))
     return _average_token_delay(groups, source_s, token_s)
 
 

@@ -25,9 +25,9 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 from relais.client import ClientResult
-from relais.eval.latency import (average_lagging, average_proportion, average_token_delay_speech,
-                                 average_token_delay_text, differentiable_average_lagging, linear_slope,
-                                 simuleval_average_lagging, speech_timeline, word_delays)
+from relais.eval.latency import (TimedSpeech, TimedText, average_lagging, average_proportion,
+                                 average_token_delay_speech, average_token_delay_text, differentiable_average_lagging,
+                                 linear_slope, simuleval_average_lagging, speech_timeline, word_delays)
 
 MODES = ("realtime", "simulated")
 MIN_SLOPE_POINTS, MIN_SLOPE_SPAN_S = 5, 10.0  # a lag drift needs a few points over a stretch of source
@@ -104,7 +104,7 @@ def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, 
     fig = UtteranceFigures(id=utt_id, duration_s=source_s, mode=mode, translation=result.translation,
                            transcript=result.transcript, reference=reference, source_text=source_text,
                            audio_out_s=result.audio_out_s)
-    delays = word_delays([(t.text, delay(t)) for t in finals])
+    delays = word_delays([TimedText(t.text, delay(t)) for t in finals])
     fig.hyp_words, fig.ref_words = len(delays), len(reference.split())
     if delays:
         fig.al_s = simuleval_average_lagging(delays, source_s, fig.ref_words)
@@ -114,7 +114,7 @@ def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, 
         fig.atd_text_s = average_token_delay_text(delays, source_s)
         fig.first_text_s = delays[0]
     if chunks:
-        placed = [(delay(a), a.duration_s) for a in chunks]
+        placed = [TimedSpeech(delay(a), a.duration_s) for a in chunks]
         timeline = speech_timeline(placed, source_s)
         fig.start_offset_s, fig.end_offset_s = timeline.start_offset_s, timeline.end_offset_s
         fig.discontinuities, fig.discontinuity_s = timeline.discontinuities, timeline.discontinuity_s

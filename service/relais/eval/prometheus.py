@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 log = logging.getLogger(__name__)
 
-COMPARED = {"output_lag": "relais_output_lag_seconds", "first_audio": "relais_first_audio_latency_seconds"}
+OUTPUT_LAG, FIRST_AUDIO = "relais_output_lag_seconds", "relais_first_audio_latency_seconds"
 
 
 @dataclass(frozen=True)
@@ -94,20 +94,22 @@ class MetricComparison:
         return {**asdict(self), "mean_difference_s": self.mean_difference_s}
 
 
-def compare(before: str | None, after: str | None, client: dict[str, list[float]]) -> list[MetricComparison]:
-    """``client``: the client-side values per compared name (same events the server observes)."""
+def compare(before: str | None, after: str | None, *, output_lag_s: list[float] = (),
+            first_audio_s: list[float] = ()) -> list[MetricComparison]:
+    """The histograms' change over a run next to the client's values for the same events:
+    ``output_lag_s`` per final translation text, ``first_audio_s`` (from the speech onset) per stream."""
     from relais.eval.latency import percentile
 
     if after is None:
         return []
     old, new = parse_histograms(before), parse_histograms(after)
     rows = []
-    for key, metric in COMPARED.items():
+    for key, metric, values in (("output_lag", OUTPUT_LAG, list(output_lag_s)),
+                                ("first_audio", FIRST_AUDIO, list(first_audio_s))):
         if metric not in new:
             log.warning("the server exposes no %s histogram", metric)
             continue
         h = new[metric].minus(old.get(metric))
-        values = client.get(key, [])
         rows.append(MetricComparison(
             key, h.count, h.mean, h.quantile(0.5), h.quantile(0.95), len(values),
             sum(values) / len(values) if values else None, percentile(values, 50), percentile(values, 95)))

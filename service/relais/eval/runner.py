@@ -14,9 +14,15 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from relais.client import ClientResult, TranslateClient, TranslateOptions
 from relais.eval.data import Utterance
+from relais.eval.results import MemorySample
+
+if TYPE_CHECKING:
+    from relais.pipeline.engine import TranslationEngine
+    from relais.server.app import InProcessServer
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +51,28 @@ def options_for(mode: str, *, source_language: str, target_language: str, latenc
                             chunk_ms=chunk_ms, latency_mode=latency_mode, client_id="relais-eval")
 
 
-def progress(total: int, desc: str):
-    """A tqdm bar on stderr, or None without tqdm."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        log.warning("tqdm is not installed (pip install 'relais[eval]'): no progress bar")
-        return None
-    return tqdm(total=total, desc=desc, unit="utt", leave=True)
+class Progress:
+    """A tqdm bar on stderr counting utterances (nothing shown without tqdm); a context manager."""
+
+    def __init__(self, total: int, desc: str):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            log.warning("tqdm is not installed (pip install 'relais[eval]'): no progress bar")
+            self._bar = None
+        else:
+            self._bar = tqdm(total=total, desc=desc, unit="utt", leave=True)
+
+    def update(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def stream_all(address: str, utterances: list[Utterance], options: TranslateOptions, *, concurrency: int = 1,
@@ -61,7 +81,7 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     batch = BatchRun(concurrency=concurrency, mode=mode)
-    bar = progress(len(utterances), desc)
+    bar = Progress(len(utterances), desc)
     lock = threading.Lock()
     t0 = time.monotonic()
 
@@ -75,16 +95,11 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
             log.error("utterance %s failed: %s", utt.id, exc)
             run = StreamRun(utt, None, f"{type(exc).__name__}: {exc}", started, time.monotonic() - t0)
         with lock:
-            if bar is not None:
-                bar.update(1)
+            bar.update()
         return run
 
-    try:
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="relais-eval") as pool:
-            batch.runs = list(pool.map(one, utterances))
-    finally:
-        if bar is not None:
-            bar.close()
+    with bar, ThreadPoolExecutor(concurrency, thread_name_prefix="relais-eval") as pool:
+        batch.runs = list(pool.map(one, utterances))
     batch.wall_s = time.monotonic() - t0
     return batch
 
@@ -96,8 +111,8 @@ class ServerUnderTest:
     address: str
     metrics_url: str | None  # Prometheus text endpoint, when known
     pid: int | None  # process whose RSS we can read (own process for an in-process server)
-    in_process: object | None = None  # InProcessServer
-    engine: object | None = None  # TranslationEngine, when loaded here
+    in_process: InProcessServer | None = None  # when served from this process
+    engine: TranslationEngine | None = None  # when loaded here
 
     def close(self) -> None:
         if self.in_process is not None:
@@ -151,11 +166,11 @@ def rss_bytes(pid: int) -> int | None:
 
 
 class MemorySampler:
-    """Samples the RSS of ``pid`` every ``interval_s`` on a daemon thread: [(seconds since start, bytes)]."""
+    """Samples the RSS of ``pid`` every ``interval_s`` on a daemon thread."""
 
     def __init__(self, pid: int | None, interval_s: float = 0.5):
         self.pid, self.interval_s = pid, interval_s
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[MemorySample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relais-eval-rss", daemon=True)
 
@@ -174,6 +189,6 @@ class MemorySampler:
         while True:
             value = rss_bytes(self.pid)
             if value is not None:
-                self.samples.append((round(time.monotonic() - t0, 3), value))
+                self.samples.append(MemorySample(round(time.monotonic() - t0, 3), value))
             if self._stop.wait(self.interval_s):
                 return
