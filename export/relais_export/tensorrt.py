@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from relais.models.metadata import PREFIX
+from relais.models.metadata import PREFIX, ModelFacts
 from relais_export.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,8 @@ class ProfileLimits:
             raise ValueError(f"opt_past_tokens must be >= 0, got {self.opt_past_tokens}")
 
 
-def _facts_dict(facts: Any) -> Mapping[str, Any]:
-    return facts.facts if hasattr(facts, "facts") else facts  # relais ModelFacts or a dict
+def _facts_dict(facts: ModelFacts | Mapping[str, Any]) -> Mapping[str, Any]:
+    return facts.facts if isinstance(facts, ModelFacts) else facts
 
 
 def _int_fact(facts: Mapping[str, Any], key: str) -> int:
@@ -91,7 +91,8 @@ def _int_fact(facts: Mapping[str, Any], key: str) -> int:
         raise ExportError(f"model metadata {PREFIX}{key}={facts[key]!r} is not an integer") from None
 
 
-def profiles_from_metadata(facts: Any, limits: ProfileLimits | None = None) -> dict[str, ShapeRange]:
+def profiles_from_metadata(facts: ModelFacts | Mapping[str, Any],
+                           limits: ProfileLimits | None = None) -> dict[str, ShapeRange]:
     """Optimisation profiles for an exported Whisper encoder or decoder, from its
     relais.* metadata (a ``ModelFacts`` or a plain dict of facts)."""
     facts = _facts_dict(facts)
