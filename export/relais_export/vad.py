@@ -1,6 +1,11 @@
 """Silero VAD: take the ONNX file shipped in the ``silero-vad`` wheel, check its
 interface and stamp the facts the runtime needs (relais.runtime.vad).
 
+The ``silero-vad`` package depends on torch and torchaudio; we need only its ONNX
+file. So it is not installed: its wheel (a pinned release) is fetched with ``pip
+download --no-deps`` into the Relais cache and the file is read from the zip
+(relais_export.wheels). An installed ``silero-vad`` is used instead when present.
+
 Protocol of the v5/v6 ONNX model at 16 kHz (from the package's ``OnnxWrapper``): each
 call takes a 512-sample window *preceded by the last 64 samples of the previous
 call's input* (zeros at the start of a stream), so ``input`` is [batch, 576]; ``state``
@@ -13,18 +18,24 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from relais_export.errors import ExportError, require
 from relais_export.metadata import set_metadata
-from relais_export.packages import find_package_file, package_version
+from relais_export.packages import find_package_file, is_installed, package_version
+from relais_export.wheels import download_wheel, extract_member
 
 log = logging.getLogger(__name__)
 
 DIST = "silero-vad"
 SOURCE_GLOB = "silero_vad/data/silero_vad.onnx"
+# The release whose wheel is fetched when silero-vad is not installed, and the sha256 of
+# its silero_vad.onnx (checked after extraction).
+PINNED_VERSION = "6.2.3"
+PINNED_ONNX_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 OUT_NAME = "silero_vad.onnx"
 SAMPLE_RATE_HZ = 16000
 WINDOW_SAMPLES = 512  # 32 ms: the only window size the 16 kHz model accepts
@@ -75,18 +86,49 @@ def _check_runs(path: Path) -> None:
         raise ExportError(f"{path}: a test window gave stateN {state.shape}, expected (2, 1, {STATE_CHANNELS})")
 
 
-def export_vad(out_dir: str | Path, source: str | Path | None = None) -> Path:
+@dataclass(frozen=True)
+class VadSource:
+    """Where the Silero VAD ONNX file comes from."""
+
+    path: Path
+    version: str  # silero-vad release
+    provenance: str
+
+
+def wheel_cache_dir() -> Path:
+    from relais.models.manifest import relais_cache_dir
+
+    return relais_cache_dir() / "wheels"
+
+
+def locate_vad_source(cache_dir: str | Path | None = None) -> VadSource:
+    """The Silero VAD ONNX file: from an installed ``silero-vad`` (not imported: its
+    ``__init__`` pulls torch), else from the pinned release's wheel in ``cache_dir``
+    (default: the Relais cache's ``wheels/``), downloaded with ``pip download --no-deps``
+    when absent."""
+    if is_installed(DIST):
+        version = package_version(DIST)
+        return VadSource(find_package_file(DIST, SOURCE_GLOB), version, f"pypi:{DIST}=={version} ({SOURCE_GLOB})")
+    cache = Path(cache_dir) if cache_dir else wheel_cache_dir()
+    wheel = download_wheel(DIST, PINNED_VERSION, cache)
+    onnx_path = extract_member(wheel, SOURCE_GLOB, cache / f"{DIST}-{PINNED_VERSION}" / OUT_NAME, PINNED_ONNX_SHA256)
+    return VadSource(onnx_path, PINNED_VERSION, f"pypi:{DIST}=={PINNED_VERSION} ({SOURCE_GLOB}, wheel not installed)")
+
+
+def export_vad(out_dir: str | Path, source: str | Path | VadSource | None = None) -> Path:
     """Validate Silero VAD and write ``out_dir/silero_vad.onnx`` with relais.* metadata.
 
-    ``source`` defaults to the file inside the installed ``silero-vad`` package (the
-    package is not imported: its ``__init__`` pulls torch).
+    ``source`` defaults to :func:`locate_vad_source` (installed package, else the pinned
+    wheel, fetched without its dependencies); a path is any Silero VAD v5/v6 ONNX file.
     """
     onnx = require("onnx")
     from relais.models.manifest import sha256_file
 
     if source is None:
-        source = find_package_file(DIST, SOURCE_GLOB)
-        provenance = f"pypi:{DIST}=={package_version(DIST)} ({SOURCE_GLOB})"
+        source = locate_vad_source()
+    if isinstance(source, VadSource):
+        provenance = source.provenance
+        source = source.path
     else:
         source = Path(source)
         if not source.is_file():
@@ -115,5 +157,5 @@ def export_vad(out_dir: str | Path, source: str | Path | None = None) -> Path:
     onnx.save(model, str(tmp))
     _check_runs(tmp)
     shutil.move(str(tmp), str(out))
-    log.info("Silero VAD: %s -> %s", provenance, out)
+    log.debug("Silero VAD: %s -> %s", provenance, out)
     return out

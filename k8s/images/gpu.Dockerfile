@@ -19,8 +19,7 @@ COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY export/ export/
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
-    && pip install --no-cache-dir ".[export,models]" \
-    && pip install --no-cache-dir --no-deps "silero-vad==6.2.3" \
+    && pip install --no-cache-dir ".[models]" \
     && relais models prepare --dir /models --precision fp16 --precision int8 \
     && relais models verify --dir /models
 

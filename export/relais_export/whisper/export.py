@@ -172,13 +172,16 @@ def _to_fp16(src: Path, dst: Path) -> None:
 def _to_int8(src: Path, dst: Path) -> None:
     onnx = require("onnx")
     require("onnx_ir")  # needed by onnxruntime's weight-only quantiser
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from relais_export.quiet import import_quietly, quiet_logs
 
-    quantizer = MatMulNBitsQuantizer(
+    # the module calls logging.basicConfig(INFO) on import and logs a line per node
+    nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
+    quantizer = nbits.MatMulNBitsQuantizer(
         onnx.load(str(src)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
         accuracy_level=4, op_types_to_quantize=("MatMul",),
     )
-    quantizer.process()
+    with quiet_logs():
+        quantizer.process()
     onnx.save(quantizer.model.model, str(dst))
 
 
