@@ -26,7 +26,8 @@ from relais.pipeline.engine import TranslationEngine
 from relais.server.config import ServerConfig, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
-from relais.server.servicer import Gate, SpeechTranslatorServicer
+from relais.server.servicer import SpeechTranslatorServicer
+from relais.server.streams import Gate, StreamHost
 from relais.v1 import translator_pb2, translator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class RelaisServer:
         self._server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor(on_error=self._count_error)],
             options=[("grpc.so_reuseport", 0)])
-        servicer = SpeechTranslatorServicer(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
-                                            max_session_s=cfg.max_session_s)
+        self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
+                               max_session_s=cfg.max_session_s)
+        servicer = SpeechTranslatorServicer(self.host)
         translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         for name in ("", SERVICE_NAME):

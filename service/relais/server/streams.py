@@ -1,0 +1,198 @@
+"""Running translation streams, whatever the transport (gRPC, Riva's API, WebSocket).
+
+A transport turns its first message into a ``StreamPlan`` (``messages.plan_stream``
+for relais.v1), then hands ``StreamHost`` the rest of its input as an async iterator
+of audio bytes and a ``send`` coroutine for what comes back. The host owns what
+every transport must share: the serving gate (warming / serving / draining),
+admission (``max_sessions``), the session's life in the worker pool, the wall-clock
+report the Summary is built from, the session metrics and outcomes.
+
+The event loop only moves bytes: decoding is cheap numpy/soxr work, the session's
+model work runs in the worker pool (``push_audio`` / ``finish`` are blocking and,
+per session, called one at a time). A reader task stamps each chunk with its arrival
+wall time, so latencies are measured from when the source audio reached us; audio
+that piled up while the session was busy is pushed in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from relais.audio.stream import PIPELINE_RATE_HZ, InputDecoder
+from relais.errors import ResourceExhausted, Unavailable
+from relais.pipeline.engine import TranslationEngine
+from relais.pipeline.events import PipelineEvent, SpeechSegment
+from relais.pipeline.scheduler import ModelScheduler
+from relais.pipeline.session import StreamingSession
+from relais.server.messages import StreamPlan
+from relais.server.metrics import RelaisMetrics
+from relais.server.report import StreamReport, StreamSummary
+
+log = logging.getLogger(__name__)
+
+_END = object()
+# What a transport is handed for each session call: the events and the wall time they are sent.
+Send = Callable[[list[PipelineEvent], StreamReport, float], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """The client cancelled or disconnected: nothing more can be sent, and it is not a server error."""
+
+
+@dataclass
+class Gate:
+    """What the server may do now; the app flips it (warming -> serving -> draining)."""
+
+    engine: TranslationEngine | None = None  # set once warm
+    scheduler: ModelScheduler | None = None  # every stream's model calls go through it
+    phase: str = "warming"
+    active: int = 0
+
+    def serving_or_raise(self) -> tuple[TranslationEngine, ModelScheduler]:
+        if self.phase == "draining":
+            raise Unavailable("server is shutting down; reconnect (to another replica)")
+        if self.phase != "serving" or self.engine is None or self.scheduler is None:
+            raise Unavailable("server is warming up (loading models); retry when health reports SERVING")
+        return self.engine, self.scheduler
+
+
+@dataclass
+class StreamTicket:
+    """One stream's passage through the host: when it started and whether it holds a session slot."""
+
+    deadline: float
+    admitted: bool = False
+    session_id: str = ""
+
+
+class StreamHost:
+    def __init__(self, gate: Gate, metrics: RelaisMetrics, pool: Executor, *, max_sessions: int,
+                 max_session_s: float):
+        self.gate, self.metrics, self.pool = gate, metrics, pool
+        self.max_sessions, self.max_session_s = max_sessions, max_session_s
+
+    @contextlib.asynccontextmanager
+    async def accounting(self) -> AsyncIterator[StreamTicket]:
+        """Wrap a whole stream: counts its outcome (ok, cancelled, error, rejected) and frees its slot.
+        A client that went away ends the stream quietly (``ClientGone`` is swallowed)."""
+        ticket = StreamTicket(deadline=time.monotonic() + self.max_session_s)
+        outcome = "error"
+        try:
+            yield ticket
+            outcome = "ok"
+        except ClientGone:
+            outcome = "cancelled"  # the call is already over: nothing to report to anyone
+            log.info("client went away mid-stream; session %s dropped", ticket.session_id or "(none)")
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except (Unavailable, ResourceExhausted):
+            outcome = "error" if ticket.admitted else "rejected"
+            raise
+        finally:
+            if ticket.admitted:
+                self.gate.active -= 1
+                self.metrics.sessions_active.dec()
+            self.metrics.sessions_total.labels(outcome=outcome).inc()
+
+    def admit(self, ticket: StreamTicket) -> None:
+        """Take a session slot, or refuse with RESOURCE_EXHAUSTED."""
+        if self.gate.active >= self.max_sessions:
+            raise ResourceExhausted(f"server is at its limit of {self.max_sessions} concurrent sessions "
+                                    f"(server.max_sessions); retry later")
+        ticket.admitted = True
+        self.gate.active += 1
+        self.metrics.sessions_active.inc()
+
+    async def open_session(self, ticket: StreamTicket, plan: StreamPlan, client: str) -> StreamingSession:
+        engine, scheduler = self.gate.serving_or_raise()
+        session = await asyncio.get_running_loop().run_in_executor(
+            self.pool, engine.new_session, plan.session_cfg, scheduler)
+        ticket.session_id = uuid.uuid4().hex[:16]
+        cfg = plan.session_cfg
+        log.info("session %s started: %s -> %s (%s), client %r", ticket.session_id, cfg.source_language or "auto",
+                 cfg.target_language, cfg.task, client)
+        return session
+
+    async def next_before_deadline(self, iterator: AsyncIterator, ticket: StreamTicket, what: str):
+        """The iterator's next item (None at its end), or RESOURCE_EXHAUSTED past max_session_s."""
+        try:
+            return await asyncio.wait_for(anext(iterator, None), timeout=max(0.0, ticket.deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ResourceExhausted(f"no {what} within server.max_session_s={self.max_session_s:g} s") from None
+
+    async def run(self, ticket: StreamTicket, session: StreamingSession, plan: StreamPlan,
+                  chunks: AsyncIterator[bytes], send: Send, cancelled: Callable[[], bool]) -> StreamSummary:
+        """Feed ``chunks`` to the session, ``send`` what each call produced; the stream's summary."""
+        report, queue = StreamReport(), asyncio.Queue()
+        reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue))
+        try:
+            ended = False
+            while not ended:
+                items = [await self._get_before(queue, ticket.deadline)]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                ended = items[-1] is _END
+                audio = [a for a in items if isinstance(a, np.ndarray) and a.size]
+                if ended:
+                    audio.append(plan.decoder.flush())
+                audio = [a for a in audio if a.size]
+                if audio:
+                    samples = np.concatenate(audio)
+                    report.audio_in_s += len(samples) / PIPELINE_RATE_HZ
+                    self.metrics.audio_seconds_total.labels(direction="in").inc(len(samples) / PIPELINE_RATE_HZ)
+                    await self._call(session.push_audio, (samples,), report, send)
+            if cancelled():  # a cancelled call also ends the request stream
+                raise ClientGone()
+            await self._call(session.finish, (), report, send)
+            summary = report.summary()
+            self.metrics.record_stream(summary)
+            log.info("session %s done: %.1f s in, %.1f s out, rtf %.2f", ticket.session_id, summary.audio_in_s,
+                     summary.audio_out_s, summary.real_time_factor)
+            return summary
+        finally:
+            reader.cancel()
+
+    async def _call(self, fn, args: tuple, report: StreamReport, send: Send) -> None:
+        """Run one session call in the worker pool and send what it produced."""
+        events = await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        now = time.monotonic()
+        report.observe(events, now)
+        for event in events:
+            if isinstance(event, SpeechSegment):
+                self.metrics.audio_seconds_total.labels(direction="out").inc(event.duration_s)
+        await send(events, report, now)
+
+    async def _get_before(self, queue: asyncio.Queue, deadline: float):
+        try:
+            return await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise ResourceExhausted(f"the stream ran past server.max_session_s={self.max_session_s:g} s; "
+                                    f"open a new stream to continue") from None
+
+
+async def _read_audio(chunks: AsyncIterator[bytes], decoder: InputDecoder, report: StreamReport,
+                      queue: asyncio.Queue) -> None:
+    """Decode chunks as they arrive and stamp them; ends with _END, or with the exception."""
+    try:
+        async for data in chunks:
+            audio = decoder.decode(data)
+            report.arrived(decoder.received_s, time.monotonic())
+            queue.put_nowait(audio)
+        queue.put_nowait(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - handed to the session loop, which raises it
+        queue.put_nowait(exc)
