@@ -122,13 +122,15 @@ def test_the_extras_commands_check_exist():
 
 @pytest.mark.parametrize("argv, extra", [
     (["eval", "--manifest", "does-not-exist.tsv"], "eval"),
-    (["models", "prepare", "--dir", "does-not-exist"], "export"),
+    (["models", "prepare", "--dir", "does-not-exist"], "models"),
     (["export", "marian", "--hf", "does-not-exist", "--out", "does-not-exist"], "export"),
 ])
 def test_commands_check_optional_dependencies_before_any_work(argv, extra, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
     absent = {"sacrebleu", "torch"}
     monkeypatch.setattr(extras, "_installed", lambda name: name not in absent)
+    # the tree's extras, not those of an older editable install's metadata
+    monkeypatch.setattr(extras, "extra_requirements", lambda: extras._from_pyproject(ROOT / "pyproject.toml"))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert f"pip install 'relais[{extra}]'" in err and "not installed" in err

@@ -227,7 +227,7 @@ def _prepare_vad(root: Path, previous, step: _ModelProgress) -> ModelEntry:
     from relais_export.vad import DIST, export_vad, locate_vad_source
 
     name = "silero-vad"
-    step("fetching the silero-vad wheel", 0.0)
+    step("locating silero_vad.onnx", 0.0)
     src = locate_vad_source()
     key = _build_key([src.path], {DIST: src.version}, _code_hash("vad.py", "metadata.py"))
     if _up_to_date(previous, name, key):

