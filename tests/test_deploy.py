@@ -65,7 +65,7 @@ def test_overlay_validates_against_kubernetes_schemas(rendered, overlay):
     docs = rendered[overlay]
     kinds = {d["kind"] for d in docs}
     assert kinds >= {"Namespace", "Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"}
+                     "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"}
     for version in (k8s_check.KUBERNETES_VERSION, "1.37.0"):
         report = k8s_check.validate(docs, version)
         assert not report.problems, report.problems
@@ -217,6 +217,7 @@ def test_grafana_dashboard_queries_only_exported_metrics():
     dashboard = json.loads((ROOT / "k8s" / "grafana" / "relais-dashboard.json").read_text())
     m = RelaisMetrics()
     m.observe_stage("vad", 0.01)
+    m.observe_scheduler_wait("vad", 0.001)
     m.set_execution_provider("cpu")
     m.errors_total.labels(code="INTERNAL").inc()
     exported = set()
@@ -228,8 +229,52 @@ def test_grafana_dashboard_queries_only_exported_metrics():
     used = {name for e in exprs for name in re.findall(r"\b(relais_[a-z_]+)\b", e)}
     assert used and used <= exported, used - exported
     assert {"relais_sessions_active", "relais_first_audio_latency_seconds_bucket", "relais_real_time_factor_bucket",
-            "relais_errors_total", "relais_stage_latency_seconds_bucket"} <= used
+            "relais_errors_total", "relais_stage_latency_seconds_bucket", "relais_compute_seconds_total",
+            "relais_stream_lag_max_seconds", "relais_speech_backlog_max_seconds",
+            "relais_uncommitted_speech_max_seconds", "relais_serving"} <= used
     assert any(v["name"] == "datasource" for v in dashboard["templating"]["list"])
+
+
+# The part of Grafana's dashboard model (schemaVersion 39) this dashboard uses, strictly:
+# a typo'd key, a panel off the 24-column grid or a target without a query fails.
+_TARGET = {"type": "object", "required": ["refId", "expr"], "additionalProperties": False,
+           "properties": {"refId": {"type": "string"}, "expr": {"type": "string", "minLength": 1},
+                          "legendFormat": {"type": "string"}, "instant": {"type": "boolean"}}}
+_PANEL = {"type": "object", "required": ["id", "type", "title", "gridPos", "targets", "datasource"],
+          "additionalProperties": False,
+          "properties": {"id": {"type": "integer"}, "type": {"enum": ["stat", "timeseries", "gauge", "table"]},
+                         "title": {"type": "string", "minLength": 1}, "description": {"type": "string"},
+                         "datasource": {"type": "object", "required": ["type", "uid"]},
+                         "gridPos": {"type": "object", "required": ["x", "y", "w", "h"], "additionalProperties": False,
+                                     "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 23},
+                                                    "y": {"type": "integer", "minimum": 0},
+                                                    "w": {"type": "integer", "minimum": 1, "maximum": 24},
+                                                    "h": {"type": "integer", "minimum": 1}}},
+                         "fieldConfig": {"type": "object", "required": ["defaults"]},
+                         "options": {"type": "object"},
+                         "targets": {"type": "array", "minItems": 1, "items": _TARGET}}}
+DASHBOARD_SCHEMA = {
+    "type": "object", "required": ["title", "uid", "schemaVersion", "panels", "templating", "time"],
+    "properties": {"title": {"type": "string"}, "uid": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,40}$"},
+                   "schemaVersion": {"type": "integer", "minimum": 30}, "refresh": {"type": "string"},
+                   "templating": {"type": "object", "required": ["list"]},
+                   "panels": {"type": "array", "minItems": 1, "items": _PANEL}}}
+
+
+def test_grafana_dashboard_matches_its_schema_and_draws_the_slo():
+    jsonschema = pytest.importorskip("jsonschema")
+    dashboard = json.loads((ROOT / "k8s" / "grafana" / "relais-dashboard.json").read_text())
+    jsonschema.validate(dashboard, DASHBOARD_SCHEMA)
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in panels)
+    lag = next(p for p in panels if p["title"].startswith("Output lag"))
+    steps = lag["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps[-1]["value"] == 2  # the SLO line, the same 2 s as the RelaisOutputLagAboveSLO alert
+    broken = json.loads(json.dumps(dashboard))
+    broken["panels"][0]["gridPos"]["w"] = 30
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, DASHBOARD_SCHEMA)
 
 
 def test_operations_doc_covers_each_node_type():

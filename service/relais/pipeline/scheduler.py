@@ -5,7 +5,7 @@ Stages never call a model directly: they hand the call to the server's
 ``max_concurrent_calls`` model calls at a time (1 by default: on CPU each ONNX Runtime
 call already uses every core, so running several at once only oversubscribes them)
 and times each call for the stage metrics (``observer``, given when the scheduler is
-built). It is the single seam where cross-stream batching (stack the decoder steps of
+built) and each wait for a slot (``wait_observer``: how long calls queue behind others). It is the single seam where cross-stream batching (stack the decoder steps of
 several streams into one call) will be added.
 """
 
@@ -27,16 +27,21 @@ class Timed(Generic[T]):
 
 
 class ModelScheduler:
-    def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None):
+    def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None,
+                 wait_observer: StageObserver | None = None):
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
         self._slots = threading.BoundedSemaphore(max_concurrent_calls)
         self._observer = observer
+        self._wait_observer = wait_observer
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> Timed[T]:
         """Run ``fn`` when a slot is free."""
+        asked = time.perf_counter()
         with self._slots:
             start = time.perf_counter()
+            if self._wait_observer is not None:
+                self._wait_observer(stage, start - asked)
             try:
                 value = fn(*args, **kwargs)
             finally:

@@ -42,7 +42,7 @@ class RelaisServer:
 
     def __init__(self, config: ServerConfig, engine: TranslationEngine | None = None):
         self.config = config
-        self.metrics = RelaisMetrics()
+        self.metrics = RelaisMetrics(created_series=config.server.metrics_created_series)
         self.gate = Gate()
         self.port: int | None = None
         self.metrics_port: int | None = None
@@ -87,7 +87,9 @@ class RelaisServer:
         self.metrics.model_load_seconds.set(load_s)
         self.metrics.set_execution_provider(engine.capabilities().execution_provider)
         if self.gate.phase == "warming":  # not stopped meanwhile
-            self.gate.scheduler = engine.new_scheduler(observer=self.metrics.observe_stage)
+            self.gate.scheduler = engine.new_scheduler(observer=self.metrics.observe_stage,
+                                                       wait_observer=self.metrics.observe_scheduler_wait)
+            self.metrics.serving.set(1)
             self.gate.engine, self.gate.phase = engine, "serving"
             for name in ("", SERVICE_NAME):
                 await self._health.set(name, _SERVING)
@@ -109,6 +111,7 @@ class RelaisServer:
         """Drain: NOT_SERVING, refuse new streams, let in-flight ones run up to ``grace`` s, then stop."""
         grace = self.config.server.drain_grace_s if grace is None else grace
         self.gate.phase = "draining"
+        self.metrics.serving.set(0)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
@@ -153,6 +156,7 @@ async def _serve(config: ServerConfig) -> int:
         else:
             log.info("%s: draining (up to %.0f s)", signal.Signals(signum).name, config.server.drain_grace_s)
             server.gate.phase = "draining"
+            server.metrics.serving.set(0)
             stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

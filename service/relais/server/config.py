@@ -40,6 +40,7 @@ class ServerSection:
     max_session_s: float = 3600.0  # wall-clock limit of one stream
     drain_grace_s: float = 30.0  # on SIGTERM, how long in-flight streams may run on
     worker_threads: int = 0  # threads running sessions' model work; 0: one per allowed session
+    metrics_created_series: bool = False  # export prometheus_client's *_created series
 
     def validate(self) -> None:
         _check(bool(self.host.strip()), "server.host", "must not be empty (e.g. 0.0.0.0)", self.host)

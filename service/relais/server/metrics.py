@@ -1,18 +1,32 @@
 """Prometheus metrics of one server (its own registry, so tests can run several servers).
 
-Names follow docs/DESIGN: prefix ``relais_``, units in names. Served over HTTP on
-``server.metrics_port`` by prometheus_client (0 picks a free port; ``port`` says which).
+Names follow docs/DESIGN and Prometheus' conventions: prefix ``relais_``, base units
+in names, ``_total`` on counters (checked by ``promtool check metrics`` in the tests).
+Served over HTTP on ``server.metrics_port`` by prometheus_client (0 picks a free
+port; ``port`` says which).
+
+Everything is observed while streams run, never only when they end: latencies as
+each stream's report learns them (``LatencySink``), compute per model call (a counter
+by stage: ``rate()`` gives live utilisation and, over the audio-in rate, the RTF),
+and, at scrape time, the worst lag, speech backlog and time-without-commit among the
+live streams. Labels take only few values (stage, outcome, direction, code,
+provider): never a session.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               enable_created_metrics, generate_latest)
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
-from relais.server.report import StreamSummary
+from relais.server.report import StreamReport, StreamSummary
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +43,38 @@ _LOAD_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600
 class RelaisMetrics:
     """Every metric the server exports, registered on ``registry`` (a fresh one by default)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, created_series: bool = False):
+        # The *_created sample series double the series count for little use; off unless asked for.
+        (enable_created_metrics if created_series else disable_created_metrics)()
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self.live = LiveStreams(r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
         self.sessions_active = Gauge("relais_sessions_active", "Translate streams in progress", registry=r)
         self.sessions_total = Counter(
             "relais_sessions_total", "Translate streams by outcome: ok, cancelled (client left), "
             "error (incl. bad config), rejected (busy, warming, draining)", ["outcome"], registry=r)
         self.stage_latency_seconds = Histogram("relais_stage_latency_seconds", "Duration of one model call",
                                                ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
+        self.scheduler_wait_seconds = Histogram(
+            "relais_scheduler_wait_seconds", "Time a model call queued for a free slot in the model scheduler",
+            ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
+        self.serving = Gauge("relais_serving", "1 while the server takes new streams (models warm, not draining)",
+                             registry=r)
+        self.compute_seconds_total = Counter(
+            "relais_compute_seconds_total", "Model compute seconds by stage, counted as each call ends",
+            ["stage"], registry=r)
         self.first_audio_latency_seconds = Histogram(
-            "relais_first_audio_latency_seconds", "Wall time from speech onset to the first translated audio",
+            "relais_first_audio_latency_seconds", "Per utterance: wall seconds from the arrival of its speech "
+            "onset to its first translated audio, observed when that audio is sent",
             buckets=_LATENCY_BUCKETS_S, registry=r)
         self.first_text_latency_seconds = Histogram(
-            "relais_first_text_latency_seconds", "Wall time from speech onset to the first committed text",
+            "relais_first_text_latency_seconds", "Per utterance: wall seconds from the arrival of its speech "
+            "onset to its first committed text, observed when that text is sent",
             buckets=_LATENCY_BUCKETS_S, registry=r)
         self.output_lag_seconds = Histogram(
-            "relais_output_lag_seconds", "Wall time from the arrival of a source span to the final text for it",
-            buckets=_LATENCY_BUCKETS_S, registry=r)
+            "relais_output_lag_seconds", "Per committed text: wall seconds from the arrival of the end of its "
+            "source span to its sending, observed when it is sent", buckets=_LATENCY_BUCKETS_S, registry=r)
         self.real_time_factor = Histogram("relais_real_time_factor", "Compute seconds per source second, per stream",
                                           buckets=_RTF_BUCKETS, registry=r)
         self.audio_seconds_total = Counter("relais_audio_seconds_total", "Audio seconds received (in) and spoken (out)",
@@ -60,6 +88,8 @@ class RelaisMetrics:
                                              ["provider"], registry=r)
         for outcome in OUTCOMES:
             self.sessions_total.labels(outcome=outcome)
+        for stage in STAGES:
+            self.compute_seconds_total.labels(stage=stage)
         for direction in DIRECTIONS:
             self.audio_seconds_total.labels(direction=direction)
         self._http = None
@@ -70,15 +100,23 @@ class RelaisMetrics:
     def observe_stage(self, stage: str, seconds: float) -> None:
         """The model scheduler's observer: called from worker threads (prometheus_client is thread-safe)."""
         self.stage_latency_seconds.labels(stage=stage).observe(seconds)
+        self.compute_seconds_total.labels(stage=stage).inc(seconds)
+
+    def observe_scheduler_wait(self, stage: str, seconds: float) -> None:
+        self.scheduler_wait_seconds.labels(stage=stage).observe(seconds)
+
+    # LatencySink: each stream's report calls these the moment it knows a latency.
+    def observe_output_lag(self, seconds: float) -> None:
+        self.output_lag_seconds.observe(seconds)
+
+    def observe_first_text(self, seconds: float) -> None:
+        self.first_text_latency_seconds.observe(seconds)
+
+    def observe_first_audio(self, seconds: float) -> None:
+        self.first_audio_latency_seconds.observe(seconds)
 
     def record_stream(self, summary: StreamSummary) -> None:
-        """A finished stream's latencies, from its summary (the same numbers the client gets)."""
-        if summary.first_text_latency_s is not None:
-            self.first_text_latency_seconds.observe(summary.first_text_latency_s)
-        if summary.first_audio_latency_s is not None:
-            self.first_audio_latency_seconds.observe(summary.first_audio_latency_s)
-        for lag in summary.output_lags_s:
-            self.output_lag_seconds.observe(lag)
+        """What only a whole stream has: its real-time factor (its latencies were observed live)."""
         if summary.audio_in_s > 0:
             self.real_time_factor.observe(summary.real_time_factor)
 
@@ -112,3 +150,42 @@ class RelaisMetrics:
         if self._http_thread is not None:
             self._http_thread.join(timeout=5)
         self._http = self._http_thread = None
+
+
+class LiveStreams(Collector):
+    """The live streams' reports, summarised at scrape time (worst values, no per-session labels)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self._reports: set[StreamReport] = set()
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, report: StreamReport) -> None:
+        with self._lock:
+            self._reports.add(report)
+
+    def discard(self, report: StreamReport) -> None:
+        with self._lock:
+            self._reports.discard(report)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.monotonic()
+        with self._lock:
+            reports = list(self._reports)
+        lag = [r.lag_s(now) for r in reports]
+        backlog = [r.backlog_s(now) for r in reports]
+        uncommitted = [r.uncommitted_s(now) for r in reports]
+        yield GaugeMetricFamily("relais_stream_lag_max_seconds", "Largest, among live streams, wait of source "
+                                "audio that arrived and that the stream has not finished with (0: all caught up)",
+                                value=max(lag, default=0.0))
+        yield GaugeMetricFamily("relais_speech_backlog_max_seconds", "Largest, among live streams, translated "
+                                "speech sent but not yet playable on the listener's timeline",
+                                value=max(backlog, default=0.0))
+        yield GaugeMetricFamily("relais_speech_backlog_seconds", "Translated speech sent but not yet playable, "
+                                "summed over live streams", value=sum(backlog))
+        yield GaugeMetricFamily("relais_uncommitted_speech_max_seconds", "Largest, among live streams inside an "
+                                "utterance, wall seconds since its onset or its last committed text",
+                                value=max(uncommitted, default=0.0))
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())

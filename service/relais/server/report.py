@@ -1,10 +1,16 @@
-"""A stream's report: its pipeline events on the server's wall clock, folded into its Summary.
+"""A stream's report: its pipeline events on the server's wall clock, observed as they happen.
 
-The servicer stamps each chunk of source audio with its arrival time and hands every
+The host stamps each chunk of source audio with its arrival time and hands every
 event the session returns to ``StreamReport.observe`` with the time it is sent.
 Latencies are measured from when the source audio reached the server, not from when
-the session got round to it. The Summary (and the per-stream metrics) come from
-this one fold, never from the session's internals.
+the session got round to it. Each latency is handed to the ``LatencySink`` (the
+Prometheus metrics) the moment it is known (a committed text's output lag, each
+utterance's first text and first audio), and the stream's Summary is folded from
+the very same observations: the two cannot disagree, and a stream that fails or is
+cancelled has already reported what it did.
+
+The report also answers the live questions an alert asks while the stream runs
+(``lag_s``, ``backlog_s``, ``uncommitted_s``).
 """
 
 from __future__ import annotations
@@ -12,23 +18,41 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from relais.pipeline.events import PipelineEvent, SpeechSegment, StreamStats, TextKind, TextSegment
+from relais.pipeline.events import (PipelineEvent, SpeechOnset, SpeechSegment, StreamStats, TextKind, TextSegment,
+                                    UtteranceEnd)
+
+
+class LatencySink(Protocol):
+    def observe_output_lag(self, seconds: float) -> None: ...
+
+    def observe_first_text(self, seconds: float) -> None: ...
+
+    def observe_first_audio(self, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
 class StreamSummary:
     audio_in_s: float
     audio_out_s: float
-    first_text_latency_s: float | None  # speech onset (arrival) -> first committed text sent
-    first_audio_latency_s: float | None  # speech onset (arrival) -> first translated audio sent
+    first_text_latencies_s: list[float]  # per utterance: speech onset (arrival) -> its first committed text sent
+    first_audio_latencies_s: list[float]  # per utterance: speech onset (arrival) -> its first translated audio sent
     output_lags_s: list[float]  # per committed text: arrival of its source span end -> sent
     real_time_factor: float
     detected_language: str
     translation: str
     transcript: str
+
+    @property
+    def first_text_latency_s(self) -> float | None:
+        return self.first_text_latencies_s[0] if self.first_text_latencies_s else None
+
+    @property
+    def first_audio_latency_s(self) -> float | None:
+        return self.first_audio_latencies_s[0] if self.first_audio_latencies_s else None
 
     @property
     def mean_output_lag_s(self) -> float:
@@ -40,22 +64,40 @@ class StreamSummary:
 
 
 @dataclass
+class _Utterance:
+    start_s: float  # source time of its speech onset
+    onset_wall: float  # when that audio arrived
+    first_text_sent: bool = False
+    first_audio_sent: bool = False
+
+
+@dataclass(eq=False)  # identity: live reports are kept in a set
 class StreamReport:
+    sink: LatencySink | None = None
     stats: StreamStats = field(default_factory=StreamStats)
     audio_in_s: float = 0.0  # pipeline audio pushed into the session
     first_audio_wall: float | None = None
     arrivals_s: list[float] = field(default_factory=list)  # source seconds received after each chunk
     arrivals_wall: list[float] = field(default_factory=list)
-    first_speech_wall: float | None = None  # when the audio at the speech onset arrived
-    first_final_wall: dict[TextKind, float] = field(default_factory=dict)
-    final_lags_s: dict[TextKind, list[float]] = field(default_factory=dict)
-    first_audio_out_wall: float | None = None
+    processed_chunks: int = 0  # chunks the session has finished with
+    first_text_latencies_s: list[float] = field(default_factory=list)
+    first_audio_latencies_s: list[float] = field(default_factory=list)
+    output_lags_s: list[float] = field(default_factory=list)
+    utterance: _Utterance | None = None  # the latest speech onset's utterance
+    utterance_open: bool = False  # speech heard and not yet closed
+    last_commit_wall: float | None = None
+    playback_end_wall: float = 0.0  # when the listener's playback of the audio sent so far ends
 
+    # -- input ------------------------------------------------------------------------------------
     def arrived(self, source_s: float, wall: float) -> None:
         if self.first_audio_wall is None:
             self.first_audio_wall = wall
         self.arrivals_s.append(source_s)
         self.arrivals_wall.append(wall)
+
+    def processed(self, chunks: int) -> None:
+        """The session has finished with the first ``chunks`` chunks that arrived."""
+        self.processed_chunks = chunks
 
     def wall_of(self, source_s: float) -> float:
         """Wall time at which source time ``source_s`` had arrived."""
@@ -65,34 +107,69 @@ class StreamReport:
     def since_start(self, wall: float) -> float:
         return wall - (self.first_audio_wall or wall)
 
+    # -- output -----------------------------------------------------------------------------------
     def observe(self, events: list[PipelineEvent], now: float) -> None:
         """The events of one session call, sent at ``now``."""
         for event in events:
             self.stats.add(event)
-            if isinstance(event, TextSegment) and event.kind.is_final and event.text.strip():
-                self.first_final_wall.setdefault(event.kind, now)
-                self.final_lags_s.setdefault(event.kind, []).append(max(0.0, now - self.wall_of(event.end_s)))
-            elif isinstance(event, SpeechSegment) and self.first_audio_out_wall is None:
-                self.first_audio_out_wall = now
-        if self.first_speech_wall is None and self.stats.speech_onset_s is not None:
-            self.first_speech_wall = self.wall_of(self.stats.speech_onset_s)
+            if isinstance(event, SpeechOnset):
+                self.utterance = _Utterance(event.start_s, self.wall_of(event.start_s))
+                self.utterance_open = True
+            elif isinstance(event, UtteranceEnd):
+                self.utterance_open = False
+            elif isinstance(event, TextSegment) and event.kind is TextKind.TRANSLATION_FINAL and event.text.strip():
+                self._committed(event, now)
+            elif isinstance(event, SpeechSegment):
+                self._spoken(event, now)
+
+    def _committed(self, event: TextSegment, now: float) -> None:
+        self.last_commit_wall = now
+        lag = max(0.0, now - self.wall_of(event.end_s))
+        self.output_lags_s.append(lag)
+        if self.sink is not None:
+            self.sink.observe_output_lag(lag)
+        utt = self.utterance
+        if utt is not None and not utt.first_text_sent and event.start_s >= utt.start_s - 1e-6:
+            utt.first_text_sent = True
+            latency = max(0.0, now - utt.onset_wall)
+            self.first_text_latencies_s.append(latency)
+            if self.sink is not None:
+                self.sink.observe_first_text(latency)
+
+    def _spoken(self, event: SpeechSegment, now: float) -> None:
+        self.playback_end_wall = max(self.playback_end_wall, now) + event.duration_s
+        utt = self.utterance
+        if utt is not None and not utt.first_audio_sent and event.start_s >= utt.start_s - 1e-6:
+            utt.first_audio_sent = True
+            latency = max(0.0, now - utt.onset_wall)
+            self.first_audio_latencies_s.append(latency)
+            if self.sink is not None:
+                self.sink.observe_first_audio(latency)
+
+    # -- live view (read by the metrics collector at scrape time) ---------------------------------
+    def lag_s(self, now: float) -> float:
+        """How long the oldest audio the session has not finished with has been waiting (0: caught up)."""
+        pending = self.processed_chunks
+        return max(0.0, now - self.arrivals_wall[pending]) if pending < len(self.arrivals_wall) else 0.0
+
+    def backlog_s(self, now: float) -> float:
+        """Translated speech sent but not yet heard, on the listener's playback timeline."""
+        return max(0.0, self.playback_end_wall - now)
+
+    def uncommitted_s(self, now: float) -> float:
+        """Within an utterance, how long since anything was committed (0 outside speech)."""
+        if not self.utterance_open or self.utterance is None:
+            return 0.0
+        since = max(self.utterance.onset_wall, self.last_commit_wall or 0.0)
+        return max(0.0, now - since)
 
     def summary(self) -> StreamSummary:
-        out_kind = TextKind.TRANSLATION_FINAL if TextKind.TRANSLATION_FINAL in self.first_final_wall \
-            else TextKind.SOURCE_FINAL
-        onset = self.first_speech_wall
         stats = self.stats
         return StreamSummary(
             audio_in_s=self.audio_in_s, audio_out_s=stats.audio_out_s,
-            first_text_latency_s=_since(onset, self.first_final_wall.get(out_kind)),
-            first_audio_latency_s=_since(onset, self.first_audio_out_wall),
-            output_lags_s=list(self.final_lags_s.get(out_kind, [])),
+            first_text_latencies_s=list(self.first_text_latencies_s),
+            first_audio_latencies_s=list(self.first_audio_latencies_s),
+            output_lags_s=list(self.output_lags_s),
             real_time_factor=stats.compute_s / self.audio_in_s if self.audio_in_s > 0 else 0.0,
             detected_language=stats.detected_language, translation=stats.translation,
             transcript=stats.transcript)
-
-
-def _since(start: float | None, end: float | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max(0.0, end - start)

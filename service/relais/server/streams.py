@@ -133,10 +133,11 @@ class StreamHost:
     async def run(self, ticket: StreamTicket, session: StreamingSession, plan: StreamPlan,
                   chunks: AsyncIterator[bytes], send: Send, cancelled: Callable[[], bool]) -> StreamSummary:
         """Feed ``chunks`` to the session, ``send`` what each call produced; the stream's summary."""
-        report, queue = StreamReport(), asyncio.Queue()
+        report, queue = StreamReport(sink=self.metrics), asyncio.Queue()
         reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue))
+        self.metrics.live.add(report)
         try:
-            ended = False
+            ended, taken = False, 0
             while not ended:
                 items = [await self._get_before(queue, ticket.deadline)]
                 while not queue.empty():
@@ -145,6 +146,7 @@ class StreamHost:
                     if isinstance(item, BaseException):
                         raise item
                 ended = items[-1] is _END
+                taken += sum(isinstance(item, np.ndarray) for item in items)
                 audio = [a for a in items if isinstance(a, np.ndarray) and a.size]
                 if ended:
                     audio.append(plan.decoder.flush())
@@ -154,6 +156,7 @@ class StreamHost:
                     report.audio_in_s += len(samples) / PIPELINE_RATE_HZ
                     self.metrics.audio_seconds_total.labels(direction="in").inc(len(samples) / PIPELINE_RATE_HZ)
                     await self._call(session.push_audio, (samples,), report, send)
+                report.processed(taken)
             if cancelled():  # a cancelled call also ends the request stream
                 raise ClientGone()
             await self._call(session.finish, (), report, send)
@@ -164,6 +167,7 @@ class StreamHost:
             return summary
         finally:
             reader.cancel()
+            self.metrics.live.discard(report)
 
     async def _call(self, fn, args: tuple, report: StreamReport, send: Send) -> None:
         """Run one session call in the worker pool and send what it produced."""
