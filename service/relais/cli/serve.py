@@ -16,6 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--host", help="listen address (default 0.0.0.0)")
     srv.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     srv.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; 0 picks a free one)")
+    srv.add_argument("--web-port", type=int, help="browser page and WebSocket port (default -1: off; "
+                                                  "0 picks a free one; docs/websocket.md)")
     srv.add_argument("--models", type=Path, help="model set directory (default: $RELAIS_MODELS_DIR or "
                                                  "~/.cache/relais/models)")
     srv.set_defaults(func=run)
@@ -24,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The config keys the flags set (those given), as ``ServerConfig.replace`` takes them."""
     server = {key: value for key, value in (("host", args.host), ("port", args.port),
-                                             ("metrics_port", args.metrics_port)) if value is not None}
+                                             ("metrics_port", args.metrics_port),
+                                             ("web_port", args.web_port)) if value is not None}
     overrides: dict[str, dict[str, Any]] = {"server": server} if server else {}
     if args.models is not None:
         overrides["models"] = {"dir": str(args.models)}

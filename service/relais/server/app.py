@@ -1,4 +1,5 @@
-"""The Relais server: gRPC (SpeechTranslator + health + reflection) and Prometheus metrics.
+"""The Relais server: gRPC (SpeechTranslator + health + reflection), Prometheus metrics, and
+the browser page with its WebSocket on ``server.web_port`` when enabled (``web``).
 
 Life cycle: bind and start with health NOT_SERVING -> load and warm the engine in a
 thread (Translate answers UNAVAILABLE meanwhile) -> SERVING -> on stop/SIGTERM:
@@ -28,6 +29,7 @@ from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
 from relais.server.servicer import SpeechTranslatorServicer
 from relais.server.streams import Gate, StreamHost
+from relais.server.web import WebServer
 from relais.v1 import translator_pb2, translator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class RelaisServer:
         self.gate = Gate()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.web_port: int | None = None  # None: the web port is off (server.web_port = -1)
+        self._web: WebServer | None = None
         self._given_engine = engine
         self._pool = ThreadPoolExecutor(config.server.effective_worker_threads, thread_name_prefix="relais-session")
         self._server: grpc.aio.Server | None = None
@@ -82,6 +86,10 @@ class RelaisServer:
             raise OSError(f"cannot listen on {address} (server.host/server.port): {exc}") from None
         await self._server.start()
         self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.host)
+        if cfg.web_port >= 0:  # the same StreamHost: shared sessions, admission, drain and metrics
+            self._web = WebServer(self.host, on_error=self._count_error)
+            self.web_port = await self._web.start(cfg.host, cfg.web_port)
+            log.info("web page and WebSocket on %s:%d", cfg.host, self.web_port)
         log.info("listening on %s:%d (NOT_SERVING until the models are warm)", cfg.host, self.port)
         engine, load_s = await asyncio.get_running_loop().run_in_executor(None, self._load_engine)
         self.metrics.model_load_seconds.set(load_s)
@@ -122,6 +130,9 @@ class RelaisServer:
                 log.warning("cancelling %d stream(s) still running after the %.1f s drain", self.gate.active, grace)
             await self._server.stop(0)
             self._server = None
+        if self._web is not None:
+            await self._web.stop()  # streams still open are closed with 1001 (going away)
+            self._web = None
         self.metrics.stop_http()
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("server stopped")

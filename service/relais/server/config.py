@@ -1,6 +1,6 @@
 """Server settings, loaded once at start: defaults, then a YAML file, then environment.
 
-    server:   {host, port, metrics_port, max_sessions, max_session_s, drain_grace_s, worker_threads}
+    server:   {host, port, metrics_port, web_port, max_sessions, max_session_s, drain_grace_s, worker_threads}
     models:   {dir, precision}
     runtime:  {providers, intra_op_threads, trt_cache_dir}
 
@@ -36,6 +36,7 @@ class ServerSection:
     host: str = "0.0.0.0"
     port: int = 50051  # 0: pick a free port
     metrics_port: int = 9090  # 0: pick a free port
+    web_port: int = -1  # the browser page and WebSocket (docs/websocket.md); -1: off, 0: pick a free port
     max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
     max_session_s: float = 3600.0  # wall-clock limit of one stream
     drain_grace_s: float = 30.0  # on SIGTERM, how long in-flight streams may run on
@@ -47,6 +48,8 @@ class ServerSection:
         for key in ("port", "metrics_port"):
             value = getattr(self, key)
             _check(0 <= value <= 65535, f"server.{key}", "must be 0..65535 (0 picks a free port)", value)
+        _check(-1 <= self.web_port <= 65535, "server.web_port", "must be -1 (off) or 0..65535 (0 picks a free port)",
+               self.web_port)
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
         _check(self.max_session_s > 0, "server.max_session_s", "must be > 0 seconds", self.max_session_s)
         _check(self.drain_grace_s >= 0, "server.drain_grace_s", "must be >= 0 seconds", self.drain_grace_s)
