@@ -8,6 +8,7 @@ gRPC status codes:
     InvalidRequest     -> INVALID_ARGUMENT (the message reaches the client)
     ResourceExhausted  -> RESOURCE_EXHAUSTED
     Unavailable        -> UNAVAILABLE
+    Unimplemented      -> UNIMPLEMENTED (the message says what the server can do instead)
     anything else      -> INTERNAL (no internal text reaches the client)
 
 Only raise ``InvalidRequest`` for something the client sent and can fix; a plain
@@ -27,3 +28,8 @@ class ResourceExhausted(Exception):
 
 class Unavailable(Exception):
     """The server cannot take work right now (warming up, draining); retry elsewhere or later."""
+
+
+class Unimplemented(Exception):
+    """A call this server answers but cannot serve with its models (e.g. Riva's TranslateText without a
+    text translation model); the message names what it can do instead."""

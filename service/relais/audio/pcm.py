@@ -43,3 +43,30 @@ def resample(audio: np.ndarray, rate_hz: int, to_rate_hz: int) -> np.ndarray:
     import soxr
 
     return soxr.resample(audio, rate_hz, to_rate_hz, quality="HQ").astype(np.float32, copy=False)
+
+
+# --- G.711 (8-bit companded telephone audio) ----------------------------------------------------
+
+def _mulaw_table() -> np.ndarray:
+    """The 256 µ-law codes as int16 (ITU-T G.711: bits inverted, sign, 3-bit exponent, 4-bit mantissa)."""
+    code = ~np.arange(256, dtype=np.int32) & 0xFF
+    exponent, mantissa = (code >> 4) & 0x07, code & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(code & 0x80, -magnitude, magnitude).astype(np.int16)
+
+
+def _alaw_table() -> np.ndarray:
+    """The 256 A-law codes as int16 (ITU-T G.711: even bits inverted; a set sign bit is positive)."""
+    code = np.arange(256, dtype=np.int32) ^ 0x55
+    exponent, mantissa = (code >> 4) & 0x07, code & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return np.where(code & 0x80, magnitude, -magnitude).astype(np.int16)
+
+
+_G711_TABLES = {"MULAW": _mulaw_table(), "ALAW": _alaw_table()}
+
+
+def g711_to_float(codes: bytes | np.ndarray, law: str) -> np.ndarray:
+    """G.711 bytes (``law`` "MULAW" or "ALAW") as float32, on the same scale as decoded int16 PCM."""
+    table = _G711_TABLES[law]
+    return pcm16_to_float(table[np.frombuffer(bytes(codes), dtype=np.uint8)])

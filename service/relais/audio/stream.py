@@ -1,9 +1,11 @@
 """Streaming audio decoding (client bytes -> 16 kHz mono float32) and encoding (voice -> client).
 
 Encodings are named as in the proto enum (``PCM_S16LE``, ``PCM_F32LE``, ``WAV``,
-``AUDIO_ENCODING_UNSPECIFIED``). Chunks may be any size: partial frames and a WAV
-header split across chunks are carried over. Resampling uses soxr's streaming
-resampler, so the output does not depend on how the input was chunked.
+``AUDIO_ENCODING_UNSPECIFIED``), plus G.711 ``MULAW`` and ``ALAW`` (8-bit telephone
+audio, as Riva's API sends it; also inside a WAV file). Chunks may be any size: partial
+frames and a WAV header split across chunks are carried over. Resampling uses soxr's
+streaming resampler, so the output does not depend on how the input was chunked.
+Error messages name the client's fields as its API spells them (``FormatFields``).
 """
 
 from __future__ import annotations
@@ -15,20 +17,36 @@ from dataclasses import dataclass
 import numpy as np
 
 from relais.audio import PIPELINE_RATE_HZ
-from relais.audio.pcm import float_to_pcm16, pcm16_to_float, resample
+from relais.audio.pcm import float_to_pcm16, g711_to_float, pcm16_to_float, resample
 from relais.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PIPELINE_RATE_HZ", "AudioFormatSpec", "InputDecoder", "OutputEncoder", "PcmLayout", "WavHeader",
-           "parse_wav_header"]
+__all__ = ["PIPELINE_RATE_HZ", "AudioFormatSpec", "FormatFields", "InputDecoder", "OutputEncoder", "PcmLayout",
+           "WavHeader", "parse_wav_header"]
 MIN_RATE_HZ, MAX_RATE_HZ = 8000, 192000
 MAX_CHANNELS = 32
 UNSPECIFIED = "AUDIO_ENCODING_UNSPECIFIED"
 PCM_S16LE, PCM_F32LE, WAV = "PCM_S16LE", "PCM_F32LE", "WAV"
-_SAMPLE_DTYPES = {PCM_S16LE: np.dtype("<i2"), PCM_F32LE: np.dtype("<f4")}
+MULAW, ALAW = "MULAW", "ALAW"  # G.711, one byte per sample
+_SAMPLE_DTYPES = {PCM_S16LE: np.dtype("<i2"), PCM_F32LE: np.dtype("<f4"), MULAW: np.dtype("u1"),
+                  ALAW: np.dtype("u1")}
 _MAX_WAV_HEADER_BYTES = 1 << 20
 _WAVE_FORMAT_PCM, _WAVE_FORMAT_FLOAT, _WAVE_FORMAT_EXTENSIBLE = 1, 3, 0xFFFE
+_WAVE_FORMAT_ALAW, _WAVE_FORMAT_MULAW = 6, 7
+
+
+@dataclass(frozen=True)
+class FormatFields:
+    """How the client's API names the input format, so that an error names what to fix.
+
+    The defaults are relais.v1's; Riva's adapter passes its own (``config.sample_rate_hertz``...).
+    """
+
+    encoding: str = "input_format.encoding"
+    sample_rate: str = "input_format.sample_rate_hz"
+    channels: str = "input_format.channels"
+    raw_default: str = "PCM_S16LE (the default input encoding); or send a WAV file with encoding WAV"
 
 
 @dataclass(frozen=True)
@@ -57,7 +75,7 @@ def _resampler(in_rate_hz: int, out_rate_hz: int):
 class PcmLayout:
     """How raw samples are laid out: encoding, rate and interleaved channels."""
 
-    encoding: str  # PCM_S16LE or PCM_F32LE
+    encoding: str  # PCM_S16LE, PCM_F32LE, MULAW or ALAW
     sample_rate_hz: int
     channels: int
 
@@ -82,12 +100,13 @@ class InputDecoder:
     ``flush()`` returns the resampler's tail at the end of the stream.
     """
 
-    def __init__(self, fmt: AudioFormatSpec):
+    def __init__(self, fmt: AudioFormatSpec, fields: FormatFields = FormatFields()):
         channels = fmt.channels or 1
         if not 1 <= channels <= MAX_CHANNELS:
-            raise InvalidRequest(f"input_format.channels {channels} is outside 1..{MAX_CHANNELS}")
+            raise InvalidRequest(f"{fields.channels} {channels} is outside 1..{MAX_CHANNELS}")
         self._encoding = fmt.encoding or UNSPECIFIED
         self._fmt = fmt
+        self._fields = fields
         self._channels = channels
         self._pending = bytearray()  # header bytes, or a partial frame
         self._resampler = None
@@ -96,15 +115,15 @@ class InputDecoder:
         self._wav_data_left: int | None = None  # bytes of the WAV data chunk still expected (None: unbounded)
         if self._encoding in _SAMPLE_DTYPES:
             if not fmt.sample_rate_hz:
-                raise InvalidRequest(f"input_format.sample_rate_hz is required for {self._encoding}")
-            check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
+                raise InvalidRequest(f"{fields.sample_rate} is required for {self._encoding}")
+            check_rate(fmt.sample_rate_hz, fields.sample_rate)
             self._set_layout(PcmLayout(self._encoding, fmt.sample_rate_hz, channels))
         elif self._encoding == UNSPECIFIED:
             # PCM_S16LE, unless the first bytes are a RIFF header; the rate is needed only for PCM.
             if fmt.sample_rate_hz:
-                check_rate(fmt.sample_rate_hz, "input_format.sample_rate_hz")
+                check_rate(fmt.sample_rate_hz, fields.sample_rate)
         elif self._encoding != WAV:
-            raise InvalidRequest(f"input_format.encoding {self._encoding} is not supported; "
+            raise InvalidRequest(f"{fields.encoding} {self._encoding} is not supported; "
                                  f"use PCM_S16LE, PCM_F32LE or WAV")
 
     # --- public ---------------------------------------------------------------------------------
@@ -147,8 +166,7 @@ class InputDecoder:
                 return False
             if bytes(self._pending[:4]) != b"RIFF":
                 if not self._fmt.sample_rate_hz:
-                    raise InvalidRequest("input_format.sample_rate_hz is required for PCM_S16LE "
-                                         "(the default input encoding); or send a WAV file with encoding WAV")
+                    raise InvalidRequest(f"{self._fields.sample_rate} is required for {self._fields.raw_default}")
                 self._set_layout(PcmLayout(PCM_S16LE, self._fmt.sample_rate_hz, self._channels))
                 return True
         header = parse_wav_header(bytes(self._pending))
@@ -176,8 +194,7 @@ class InputDecoder:
             self._wav_data_left -= usable
             if self._wav_data_left < layout.frame_bytes:
                 self._pending.clear()  # chunks after the data (LIST...) are not audio
-        samples = np.frombuffer(raw, dtype=_SAMPLE_DTYPES[layout.encoding])
-        audio = pcm16_to_float(samples) if layout.encoding == PCM_S16LE else samples.astype(np.float32)
+        audio = _to_float(raw, layout.encoding)
         if layout.channels > 1:
             audio = audio.reshape(-1, layout.channels).mean(axis=1, dtype=np.float32)
         self.frames_in += len(audio)
@@ -187,6 +204,14 @@ class InputDecoder:
         if self._resampler is None:
             return np.ascontiguousarray(audio, dtype=np.float32)
         return self._resampler.resample_chunk(np.ascontiguousarray(audio, dtype=np.float32), last=last)
+
+
+def _to_float(raw: bytes, encoding: str) -> np.ndarray:
+    """Whole frames of interleaved samples as float32."""
+    if encoding in (MULAW, ALAW):
+        return g711_to_float(raw, encoding)
+    samples = np.frombuffer(raw, dtype=_SAMPLE_DTYPES[encoding])
+    return pcm16_to_float(samples) if encoding == PCM_S16LE else samples.astype(np.float32)
 
 
 def parse_wav_header(data: bytes) -> WavHeader | None:
@@ -223,10 +248,12 @@ def _wav_layout(fmt: bytes) -> PcmLayout:
         encoding = PCM_S16LE
     elif tag == _WAVE_FORMAT_FLOAT and bits == 32:
         encoding = PCM_F32LE
+    elif tag in (_WAVE_FORMAT_MULAW, _WAVE_FORMAT_ALAW) and bits == 8:
+        encoding = MULAW if tag == _WAVE_FORMAT_MULAW else ALAW
     else:
         kind = {_WAVE_FORMAT_PCM: "PCM", _WAVE_FORMAT_FLOAT: "float"}.get(tag, f"format tag {tag:#x}")
         raise InvalidRequest(f"WAV: {bits}-bit {kind} is not supported; send 16-bit PCM or 32-bit float WAV "
-                             f"(e.g. `sox in.wav -b 16 out.wav`)")
+                             f"(or 8-bit G.711 mu-law/A-law; e.g. `sox in.wav -b 16 out.wav`)")
     if not 1 <= channels <= MAX_CHANNELS:
         raise InvalidRequest(f"WAV: {channels} channels is outside 1..{MAX_CHANNELS}")
     check_rate(rate, "WAV sample rate")

@@ -71,8 +71,8 @@ class SessionConfig:
     source_language: str | None  # None: detect
     target_language: str
     task: str  # "translate" (to English) or "transcribe" (same language)
-    voice: str
-    voice_sample_rate_hz: int
+    voice: str  # "": a text-only session that asked for none
+    voice_sample_rate_hz: int  # 0 without a voice
     return_text: bool
     return_audio: bool
     latency: LatencyProfile
@@ -167,17 +167,18 @@ class TranslationEngine:
         else:
             raise InvalidRequest(f"target_language {target!r} is not supported for source {source or 'auto'!r}: "
                                  f"this model set translates any of its source languages to \"en\" "
-                                 f"(or transcribes a language into itself when a voice for it exists)")
+                                 f"(or transcribes a language into itself; speech out needs a voice for it)")
         if latency_mode not in LATENCY_PROFILES:
             raise InvalidRequest(f"latency_mode {latency_mode!r} unknown; use one of {sorted(LATENCY_PROFILES)}")
-        voice = voice or self._default_voice(target)
-        if voice not in self.voice_info:
-            raise InvalidRequest(f"voice {voice!r} not found; available voices: {', '.join(sorted(self.voice_info)) or 'none'}")
-        if return_audio and self.voice_info[voice].language != target:
-            raise InvalidRequest(f"voice {voice!r} speaks {self.voice_info[voice].language!r}, not {target!r}")
+        if return_audio or voice:  # a text-only session needs no voice: any language it recognises will do
+            voice = voice or self._default_voice(target)
+            if voice not in self.voice_info:
+                raise InvalidRequest(f"voice {voice!r} not found; available voices: {', '.join(sorted(self.voice_info)) or 'none'}")
+            if return_audio and self.voice_info[voice].language != target:
+                raise InvalidRequest(f"voice {voice!r} speaks {self.voice_info[voice].language!r}, not {target!r}")
         if not (return_text or return_audio):
             raise InvalidRequest("return_text and return_audio are both false: the stream would return nothing")
-        return SessionConfig(source, target, task, voice, self.voice_info[voice].sample_rate_hz,
+        return SessionConfig(source, target, task, voice, self.voice_info[voice].sample_rate_hz if voice else 0,
                              return_text, return_audio, LATENCY_PROFILES[latency_mode])
 
     def _default_voice(self, language: str) -> str:

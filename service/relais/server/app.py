@@ -27,6 +27,7 @@ from relais.pipeline.engine import TranslationEngine
 from relais.server.config import ServerConfig, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
+from relais.server.riva import add_riva_services
 from relais.server.servicer import SpeechTranslatorServicer
 from relais.server.streams import Gate, StreamHost
 from relais.server.web import WebServer
@@ -67,17 +68,20 @@ class RelaisServer:
         self._force_stop = asyncio.Event()
         self._server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor(on_error=self._count_error)],
-            options=[("grpc.so_reuseport", 0)])
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes)])
         self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
                                max_session_s=cfg.max_session_s)
         servicer = SpeechTranslatorServicer(self.host)
         translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)
+        riva_names = add_riva_services(self._server, self.host)  # Riva's API on the same port (docs/riva.md)
+        self._health_names = ("", SERVICE_NAME, *riva_names)
         self._health = health.aio.HealthServicer()
-        for name in ("", SERVICE_NAME):
+        for name in self._health_names:
             await self._health.set(name, _NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, *riva_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self._server)
         address = f"{cfg.host}:{cfg.port}"
         try:
@@ -99,7 +103,7 @@ class RelaisServer:
                                                        wait_observer=self.metrics.observe_scheduler_wait)
             self.metrics.serving.set(1)
             self.gate.engine, self.gate.phase = engine, "serving"
-            for name in ("", SERVICE_NAME):
+            for name in self._health_names:
                 await self._health.set(name, _SERVING)
             log.info("SERVING on port %d (models ready in %.1f s)", self.port, load_s)
 

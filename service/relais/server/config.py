@@ -39,6 +39,7 @@ class ServerSection:
     web_port: int = -1  # the browser page and WebSocket (docs/websocket.md); -1: off, 0: pick a free port
     max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
     max_session_s: float = 3600.0  # wall-clock limit of one stream
+    max_message_mb: int = 64  # largest gRPC message accepted (a whole file for Riva's Recognize)
     drain_grace_s: float = 30.0  # on SIGTERM, how long in-flight streams may run on
     worker_threads: int = 0  # threads running sessions' model work; 0: one per allowed session
     metrics_created_series: bool = False  # export prometheus_client's *_created series
@@ -52,9 +53,14 @@ class ServerSection:
                self.web_port)
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
         _check(self.max_session_s > 0, "server.max_session_s", "must be > 0 seconds", self.max_session_s)
+        _check(1 <= self.max_message_mb <= 2047, "server.max_message_mb", "must be 1..2047 (MB)", self.max_message_mb)
         _check(self.drain_grace_s >= 0, "server.drain_grace_s", "must be >= 0 seconds", self.drain_grace_s)
         _check(self.worker_threads >= 0, "server.worker_threads", "must be >= 0 (0 = automatic)",
                self.worker_threads)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 1024 * 1024
 
     @property
     def effective_worker_threads(self) -> int:

@@ -6,6 +6,7 @@ status:
     InvalidRequest                   -> INVALID_ARGUMENT  (message passed through)
     ResourceExhausted                -> RESOURCE_EXHAUSTED
     Unavailable (warming, draining)  -> UNAVAILABLE
+    Unimplemented                    -> UNIMPLEMENTED
     anything else                    -> INTERNAL, "internal error; see server logs, request id X"
                                         (traceback logged under that id; no internal text
                                         reaches the client)
@@ -30,9 +31,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from relais.errors import InvalidRequest, ResourceExhausted, Unavailable
+from relais.errors import InvalidRequest, ResourceExhausted, Unavailable, Unimplemented
 
-__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "ResourceExhausted", "Unavailable", "status_for"]
+__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "ResourceExhausted", "Unavailable", "Unimplemented",
+           "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) or "resource exhausted"
     if isinstance(exc, Unavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc) or "unavailable"
+    if isinstance(exc, Unimplemented):
+        return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "unimplemented"
     return grpc.StatusCode.INTERNAL, ""
 
 
