@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' `relais serve` launcher
 from serving import free_port, relais_serve  # noqa: E402
 
 from relais.client import TranslateClient, TranslateOptions  # noqa: E402
-from relais.eval.data import default_eval_dir, load_audio_16k, read_manifest  # noqa: E402
+from relais.audio.files import load_audio_16k  # noqa: E402
+from relais.eval.data import default_eval_dir, read_manifest  # noqa: E402
 from relais.eval.machine import machine  # noqa: E402
 from relais.models.manifest import default_models_dir  # noqa: E402
 
@@ -160,8 +161,8 @@ def main() -> int:
         "series": series,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1))
-    _plot(series, args.out / "soak.png", f"{args.minutes:.0f}-minute real-time French stream, from Prometheus")
-    lines = [f"# Soak: {args.minutes:.0f} minutes of live French through one stream, seen by Prometheus", "",
+    _plot(series, args.out / "soak.png", f"{args.minutes:g}-minute real-time French stream, from Prometheus")
+    lines = [f"# Soak: {args.minutes:g} minutes of live French through one stream, seen by Prometheus", "",
              f"{report['date']}, {report['machine']}. `python tools/soak_metrics.py --minutes {args.minutes:g}`.", "",
              "| figure | value |", "|---|---|"]
     for key in ("lag_p95_first_5min_median_s", "lag_p95_last_5min_median_s", "lag_p95_slope_s_per_min",
