@@ -17,8 +17,8 @@ from riva.client.proto import riva_nmt_pb2 as rnmt
 
 from relais.audio import PIPELINE_RATE_HZ
 from relais.audio.files import decode_file_bytes, sniff_container
-from relais.audio.stream import ALAW, MULAW, PCM_F32LE, PCM_S16LE, UNSPECIFIED, AudioFormatSpec, FormatFields, \
-    InputDecoder, OutputEncoder, check_rate
+from relais.audio.stream import (ALAW, MULAW, PCM_F32LE, PCM_S16LE, UNSPECIFIED, AudioFormatSpec, FormatFields,
+                                 InputDecoder, OutputEncoder, check_rate)
 from relais.errors import InvalidRequest
 from relais.pipeline.engine import TranslationEngine
 from relais.server.messages import StreamPlan

@@ -71,6 +71,6 @@ async def write(context, response) -> None:
     """Send one response; a failed send means the call is over (the client cancelled or vanished)."""
     try:
         await context.write(response)
-    except Exception as exc:  # noqa: BLE001 - grpc raises internal types
+    except Exception as exc:  # grpc raises internal types
         log.debug("write failed, treating the client as gone: %r", exc)
         raise ClientGone() from exc
