@@ -95,7 +95,7 @@ def test_pod_meets_the_server_lifecycle(rendered, overlay, tmp_path):
     assert config.models.dir == "/opt/relais/models"
     # native gRPC probes on the server's port, a startup probe covering model warm-up
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": config.server.port, "metrics": config.server.metrics_port}
+    assert ports == {"grpc": config.server.port, "metrics": config.server.metrics_port, "web": config.server.web_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["grpc"]["port"] == config.server.port, probe
         assert c[probe]["grpc"].get("service", "") == ""  # overall health: NOT_SERVING while warming/draining
@@ -131,7 +131,8 @@ def test_services_scaling_and_policies_select_the_pods(rendered, overlay, tmp_pa
     svc, headless = k8s_check.find(docs, "Service", "relais"), k8s_check.find(docs, "Service", "relais-headless")
     assert selects(svc["spec"]["selector"]) and selects(headless["spec"]["selector"])
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": config.server.port,
-                                                                     "metrics": config.server.metrics_port}
+                                                                     "metrics": config.server.metrics_port,
+                                                                     "web": config.server.web_port}
     assert headless["spec"]["clusterIP"] == "None"
     assert selects(k8s_check.find(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
     assert selects(k8s_check.find(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"])

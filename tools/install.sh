@@ -51,5 +51,7 @@ if [[ "${1:-}" == "--test" ]]; then
       "${missing[@]}" >/dev/null
   }
   need_deb prometheus
+  # Chromium and its WebDriver for the browser end-to-end test (tests/test_web_browser.py).
+  need_deb chromium chromium-driver
 fi
 echo "installed: $(relais --help >/dev/null && echo relais CLI ok) ($(python -c 'import onnxruntime as o; print("onnxruntime", o.__version__)'))"

@@ -39,7 +39,7 @@ RUN pip install --no-cache-dir . \
 COPY --from=models /models /opt/relais/models
 COPY k8s/images/entrypoint.sh k8s/images/trt_cache_key.py k8s/images/healthcheck.py /opt/relais/
 USER 10001:10001
-EXPOSE 50051 9090
+EXPOSE 50051 9090 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=300s CMD ["python3", "/opt/relais/healthcheck.py"]
 ENTRYPOINT ["/opt/relais/entrypoint.sh"]
 CMD ["serve"]

@@ -51,7 +51,7 @@ RUN pip3 install --no-cache-dir . \
 COPY --from=models /models /opt/relais/models
 COPY k8s/images/entrypoint.sh k8s/images/trt_cache_key.py k8s/images/healthcheck.py /opt/relais/
 USER 10001:10001
-EXPOSE 50051 9090
+EXPOSE 50051 9090 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=900s CMD ["python3", "/opt/relais/healthcheck.py"]
 ENTRYPOINT ["/opt/relais/entrypoint.sh"]
 CMD ["serve"]

@@ -25,9 +25,11 @@ let run = null;  // the stream in progress
 
 // --- page set-up ------------------------------------------------------------------------------
 
-function setState(text) {
+function setState(text, notice = false) {
+  // notice: something the user must see or do (the overlay shows only these)
   window.relais.state = text;
   ui.state.textContent = text;
+  ui.state.parentElement.classList.toggle("notice", notice);
 }
 
 function applyParams() {
@@ -68,12 +70,13 @@ async function start(feed) {
   if (run) return;
   ui.start.disabled = true;
   ui.vtt.hidden = true;
-  ui.final.textContent = ui.partial.textContent = "";
+  ui.final.textContent = ui.partial.textContent = ui.lag.textContent = "";
+  ui.captions.classList.add("empty");
   Object.assign(window.relais, {sentSeconds: 0, audioChunks: 0, audioSeconds: 0, captionLagS: null,
                                 speechLagS: null, summary: null, error: null, closeCode: null});
   const ctx = new AudioContext({latencyHint: "interactive"});
   run = {ctx, ws: null, input: null, stopInput: () => {}, capture: null, ending: false, sentSamples: 0,
-         playHead: 0, pendingAudio: null, cues: [], cueEnd: 0};
+         held: [], started: false, playHead: 0, pendingAudio: null, cues: [], cueEnd: 0};
   try {
     if (ctx.state === "suspended") await resumeOnClick(ctx);
     await ctx.audioWorklet.addModule("capture-worklet.js");
@@ -92,6 +95,8 @@ async function start(feed) {
     }
     run.capture = new AudioWorkletNode(ctx, "pcm16-capture", {
       numberOfInputs: 1, numberOfOutputs: 0, channelCount: 1, channelCountMode: "explicit"});
+    run.capture.port.onmessage = (frame) => sendAudio(frame.data);
+    if (feed === "mic") run.input.connect(run.capture);  // speech while connecting is held, not lost
     connect(feed === "mic" ? "listening" : `streaming ${feed.name}`);
   } catch (err) {
     fail(err.message || String(err));
@@ -100,7 +105,7 @@ async function start(feed) {
 
 function resumeOnClick(ctx) {
   // Autoplay rules keep an AudioContext made without a click suspended (overlay autostart).
-  setState("click to start");
+  setState("click to start", true);
   return new Promise((resolve) => document.addEventListener("click", () => ctx.resume().then(resolve), {once: true}));
 }
 
@@ -127,18 +132,24 @@ function connect(liveState) {
 }
 
 function onStarted(liveState) {
-  const {input, capture, ws} = run;
-  capture.port.onmessage = (frame) => {
-    if (run && !run.ending && ws.readyState === WebSocket.OPEN) {
-      ws.send(frame.data);
-      run.sentSamples += frame.data.byteLength / 2;
-      window.relais.sentSeconds = sentSeconds();
-    }
-  };
-  input.connect(capture);
-  if (input instanceof AudioBufferSourceNode) input.start();
+  run.started = true;
+  for (const frame of run.held.splice(0)) sendAudio(frame);
+  if (run.input instanceof AudioBufferSourceNode) {
+    run.input.connect(run.capture);
+    run.input.start();
+  }
   ui.stop.disabled = false;
   setState(liveState);
+}
+
+function sendAudio(frame) {
+  // One PCM16 frame from the worklet: held until the session has started, then sent.
+  if (!run || run.ending) return;
+  if (!run.started) return void run.held.push(frame);
+  if (run.ws.readyState !== WebSocket.OPEN) return;
+  run.ws.send(frame);
+  run.sentSamples += frame.byteLength / 2;
+  window.relais.sentSeconds = sentSeconds();
 }
 
 function sentSeconds() {
@@ -155,9 +166,12 @@ function onText(text) {
     const start = Math.max(span.startS, run.cueEnd);
     run.cueEnd = Math.max(span.endS, start + 0.5);
     run.cues.push([start, run.cueEnd, text.text]);
-    window.relais.captionLagS = sentSeconds() - span.endS;
-    showLag();
+    if (!run.ending) {  // after Stop the speaker's clock has stopped: no lag to tell
+      window.relais.captionLagS = sentSeconds() - span.endS;
+      showLag();
+    }
   }
+  ui.captions.classList.toggle("empty", !ui.final.textContent && !ui.partial.textContent);
   ui.captions.scrollTop = ui.captions.scrollHeight;
 }
 
@@ -184,9 +198,10 @@ function play(data) {
   run.playHead = at + buffer.duration;
   window.relais.audioChunks += 1;
   window.relais.audioSeconds += buffer.duration;
-  // heard at `at`: the speaker will be that much further on by then
-  window.relais.speechLagS = sentSeconds() + (at - ctx.currentTime) - header.sourceSpan.endS;
-  showLag();
+  if (!run.ending) {  // heard at `at`: the speaker will be that much further on by then
+    window.relais.speechLagS = sentSeconds() + (at - ctx.currentTime) - header.sourceSpan.endS;
+    showLag();
+  }
 }
 
 function showLag() {
@@ -226,7 +241,7 @@ function onClosed(close) {
   const current = run;
   current.stopInput();
   if (close.code !== 1000) {
-    setState(`stopped (${close.code}): ${window.relais.error || close.reason || "connection lost"}`);
+    setState(`stopped (${close.code}): ${window.relais.error || close.reason || "connection lost"}`, true);
   }
   if (current.cues.length) {
     ui.vtt.href = URL.createObjectURL(new Blob([webvtt(current.cues)], {type: "text/vtt"}));
@@ -241,7 +256,7 @@ function onClosed(close) {
 
 function fail(message) {
   window.relais.error = message;
-  setState(`error: ${message}`);
+  setState(`error: ${message}`, true);
   if (run) {
     run.stopInput();
     run.ctx.close();

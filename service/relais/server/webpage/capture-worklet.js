@@ -6,7 +6,8 @@ const FRAME_S = 0.05;
 class Pcm16Capture extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.frame = new Int16Array(Math.round(sampleRate * FRAME_S));
+    this.size = Math.round(sampleRate * FRAME_S);
+    this.frame = new Int16Array(this.size);
     this.filled = 0;
   }
 
@@ -16,9 +17,9 @@ class Pcm16Capture extends AudioWorkletProcessor {
     for (let i = 0; i < channel.length; i++) {
       const s = Math.max(-1, Math.min(1, channel[i]));
       this.frame[this.filled++] = s < 0 ? s * 32768 : s * 32767;
-      if (this.filled === this.frame.length) {
-        this.port.postMessage(this.frame.buffer, [this.frame.buffer]);
-        this.frame = new Int16Array(this.frame.length);
+      if (this.filled === this.size) {
+        this.port.postMessage(this.frame.buffer, [this.frame.buffer]);  // transferred: detached here
+        this.frame = new Int16Array(this.size);
         this.filled = 0;
       }
     }
