@@ -83,7 +83,7 @@ def _fake_mic_file(utt, folder: Path) -> Path:
     return path
 
 
-def _chromium(paths: tuple[str, str], fake_mic: Path, folder: Path):
+def _chromium(paths: tuple[str, str], folder: Path, fake_mic: Path | None = None):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -94,9 +94,10 @@ def _chromium(paths: tuple[str, str], fake_mic: Path, folder: Path):
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--window-size=1200,760", f"--user-data-dir={folder / 'profile'}",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
                  "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
+    if fake_mic is not None:  # played once (no loop), from when the page opens the microphone
+        options.add_argument(f"--use-file-for-fake-audio-capture={fake_mic}%noloop")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     service = Service(executable_path=chromedriver, log_output=str(folder / "chromedriver.log"))
     return webdriver.Chrome(options=options, service=service)
@@ -130,7 +131,7 @@ def test_page_translates_the_fake_microphone_live(web_server, browser_paths, cli
     from selenium.webdriver.common.by import By
 
     fake_mic = _fake_mic_file(clip, tmp_path)
-    driver = _chromium(browser_paths, fake_mic, tmp_path)
+    driver = _chromium(browser_paths, tmp_path, fake_mic)
     try:
         driver.get(f"http://127.0.0.1:{web_server.server.web_port}/?from=fr&to=en&latency=LOW_LATENCY")
         driver.find_element(By.ID, "start").click()
@@ -173,3 +174,37 @@ def test_page_translates_the_fake_microphone_live(web_server, browser_paths, cli
         driver.save_screenshot(str(artifacts / "web-overlay.png"))
     finally:
         driver.quit()
+
+
+def test_a_dropped_file_streams_at_real_time(web_server, browser_paths, artifacts, tmp_path):
+    """A file given to the page (the drop zone's file input: the same path as a drop) is played
+    through the capture graph, so it is sent no faster than real time, and translated whole."""
+    from selenium.webdriver.common.by import By
+
+    sample = ROOT / "service" / "relais" / "data" / "samples" / "fr_fleurs_1857.wav"  # 8.3 s
+    duration_s = sf.info(sample).duration
+    driver = _chromium(browser_paths, tmp_path)
+    try:
+        driver.get(f"http://127.0.0.1:{web_server.server.web_port}/?from=fr&latency=LOW_LATENCY&speech=0")
+        driver.find_element(By.ID, "file").send_keys(str(sample))
+        first_sent, pace = None, []
+        deadline = time.monotonic() + CAPTION_TIMEOUT_S
+        while time.monotonic() < deadline:
+            state = _snapshot(driver)
+            if state["sentSeconds"] > 0:
+                first_sent = first_sent or time.monotonic()
+                pace.append((time.monotonic() - first_sent, state["sentSeconds"]))
+            if state["summary"] is not None or state["closeCode"]:
+                break
+            time.sleep(0.2)
+        driver.save_screenshot(str(artifacts / "web-file.png"))
+        _save_console(driver, artifacts / "web-file-console.log")
+    finally:
+        driver.quit()
+    assert state["summary"] is not None and state["closeCode"] == 1000, state
+    assert state["summary"]["audioInS"] == pytest.approx(duration_s, abs=0.1)
+    assert "added" in state["summary"]["translation"].lower()
+    assert state["audioChunks"] == 0  # speech=0: text only
+    # real time: from its first look, the page never sent audio faster than the wall clock ran
+    assert pace and all(sent - pace[0][1] <= elapsed + 0.3 for elapsed, sent in pace), pace
+    assert pace[-1][0] >= duration_s - 1.0, pace
