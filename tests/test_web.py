@@ -1,7 +1,7 @@
 """The web port without a browser: the page and capabilities over HTTP, and the Translate
 WebSocket (docs/websocket.md) against the real engine: a whole stream, each protocol error
-with its documented close code, a client that vanishes, admission shared with gRPC, and
-every refused or abandoned stream giving its session back (relais_sessions_active, scraped
+with its documented close code, a client that vanishes, admission shared with gRPC, a drain
+that lets a stream finish, and every refused or abandoned stream giving its session back (relais_sessions_active, scraped
 from the server's metrics port, returns to 0).
 
 The same real engine as tests/test_server.py, on the prepared test model set.
@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import load_audio
-from relais.server.app import start_in_process
+from relais.server.app import build_server, start_in_process
 from relais.server.config import ServerConfig, load_config
 from relais.server.web import CLOSE_CODES, MAX_MESSAGE_BYTES, close_code_for
 from relais.errors import InvalidRequest, ResourceExhausted, Unavailable
@@ -64,12 +64,15 @@ def engine(model_set):
     return TranslationEngine(EngineConfig(models_dir=model_set.root))
 
 
+def _config(model_set) -> ServerConfig:
+    return ServerConfig().replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0, "web_port": 0,
+                                          "max_sessions": 1},
+                                  models={"dir": str(model_set.root)}, runtime={"providers": ["cpu"]})
+
+
 @pytest.fixture(scope="module")
 def web(model_set, engine):
-    config = ServerConfig().replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0, "web_port": 0,
-                                            "max_sessions": 1},
-                                    models={"dir": str(model_set.root)}, runtime={"providers": ["cpu"]})
-    with start_in_process(config, engine=engine) as handle:
+    with start_in_process(_config(model_set), engine=engine) as handle:
         yield handle
 
 
@@ -230,9 +233,9 @@ def test_a_client_that_vanishes_frees_its_session(web, pcm16k):
     assert _value(after, 'relais_sessions_total{outcome="error"}') == _value(before, 'relais_sessions_total{outcome="error"}')
 
 
-def test_admission_and_drain_are_shared_with_grpc(web):
+def test_admission_is_shared_with_grpc(web):
     """max_sessions=1 counts both ports: a WebSocket session makes gRPC's next stream
-    RESOURCE_EXHAUSTED and the next WebSocket 4008; while draining a new one gets 4014."""
+    RESOURCE_EXHAUSTED and the next WebSocket 4008."""
     port = web.server.web_port
 
     async def main():
@@ -255,11 +258,44 @@ def test_admission_and_drain_are_shared_with_grpc(web):
     messages, code, reason = second
     assert code == 4008 and "server.max_sessions" in _events(messages)[-1]["error"]["message"]
     assert grpc_error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    _wait_sessions_freed(web)
-    web.server.gate.phase = "draining"  # what stop() and SIGTERM set first
-    try:
-        messages, code, _ = asyncio.run(_exchange(port, [json.dumps(CONFIG)]))
-    finally:
-        web.server.gate.phase = "serving"
-    assert code == 4014 and "shutting down" in _events(messages)[-1]["error"]["message"]
     assert _value(_wait_sessions_freed(web), 'relais_sessions_total{outcome="rejected"}') >= 2
+
+
+def test_drain_lets_a_websocket_stream_finish(model_set, engine, pcm16k):
+    """stop(grace): a new WebSocket gets 4014 at once, the one in flight runs to its summary and
+    a normal close, and only then does the server stop (the web port with it)."""
+    chunks = [pcm16k[i:i + 3200] for i in range(0, len(pcm16k), 3200)]
+    half = len(chunks) // 2
+
+    async def main():
+        server = build_server(_config(model_set), engine=engine)
+        await server.start()
+        port = server.web_port
+        try:
+            async with connect(f"ws://127.0.0.1:{port}/v1/translate") as ws:
+                await ws.send(json.dumps(CONFIG))
+                assert "started" in json.loads(await ws.recv())
+                for chunk in chunks[:half]:
+                    await ws.send(chunk)
+                stopping = asyncio.create_task(server.stop(grace=120))
+                await asyncio.sleep(0.2)
+                refused = await _exchange(port, [json.dumps(CONFIG)])
+                during = (stopping.done(), server.gate.active)
+                for chunk in chunks[half:]:
+                    await ws.send(chunk)
+                await ws.send(END)
+                drained = [message async for message in ws]
+                closed = (ws.close_code, ws.close_reason)
+            await asyncio.wait_for(stopping, timeout=60)
+        finally:
+            await server.stop(0)
+        return refused, during, drained, closed
+
+    refused, during, drained, closed = asyncio.run(main())
+    messages, code, _ = refused
+    assert code == 4014 and "shutting down" in _events(messages)[-1]["error"]["message"]
+    assert during == (False, 1)  # stop() was waiting on the stream, not cutting it
+    assert closed == (1000, "end of stream")
+    summary = _events(drained)[-1]["summary"]
+    assert summary["audioInS"] == pytest.approx(len(pcm16k) / 2 / 16000, abs=0.01)
+    assert "added" in summary["translation"].lower()
