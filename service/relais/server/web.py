@@ -55,6 +55,11 @@ from relais.server.streams import ClientGone, StreamHost, StreamTicket
 from relais.v1 import translator_pb2 as pb
 
 log = logging.getLogger(__name__)
+# The WebSocket library logs every request and connection at INFO: an access log, kept quiet
+# unless asked for (logging.getLogger("relais.server.web.access").setLevel(logging.INFO)).
+access_log = logging.getLogger(__name__ + ".access")
+if access_log.level == logging.NOTSET:
+    access_log.setLevel(logging.WARNING)
 
 TRANSLATE_PATH = "/v1/translate"
 CAPABILITIES_PATH = "/v1/capabilities"
@@ -108,7 +113,8 @@ class WebServer:
         """Listen (port 0 picks a free one); the port bound."""
         try:
             self._server = await serve(self._handle, bind_host, port, process_request=self._process_request,
-                                       max_size=MAX_MESSAGE_BYTES, compression=None, ssl=self._ssl)
+                                       max_size=MAX_MESSAGE_BYTES, compression=None, ssl=self._ssl,
+                                       logger=access_log)
         except OSError as exc:
             raise OSError(f"cannot listen on {bind_host}:{port} (server.host/server.web_port): {exc}") from None
         return self._server.sockets[0].getsockname()[1]
