@@ -33,7 +33,7 @@ WORKDIR /opt/relais/src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY export/ export/
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[riva]" \
     && groupadd --gid 10001 relais \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin relais
 COPY --from=models /models /opt/relais/models

@@ -43,7 +43,7 @@ COPY service/ service/
 COPY export/ export/
 # the CPU onnxruntime (a dependency of the package) and onnxruntime-gpu share a module:
 # keep only the GPU build
-RUN pip3 install --no-cache-dir . \
+RUN pip3 install --no-cache-dir ".[riva]" \
     && pip3 uninstall -y onnxruntime \
     && pip3 install --no-cache-dir "onnxruntime-gpu==${ORT_GPU_VERSION}" "tensorrt-cu12==${TENSORRT_VERSION}" \
     && groupadd --gid 10001 relais \

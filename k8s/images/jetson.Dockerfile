@@ -41,7 +41,7 @@ WORKDIR /opt/relais/src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY export/ export/
-RUN pip3 install --no-cache-dir . \
+RUN pip3 install --no-cache-dir ".[riva]" \
     && pip3 uninstall -y onnxruntime \
     && pip3 install --no-cache-dir --extra-index-url "$ORT_WHEEL_INDEX" "onnxruntime-gpu==${ORT_GPU_VERSION}" \
     && groupadd --gid 10001 relais \
