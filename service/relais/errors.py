@@ -9,6 +9,8 @@ gRPC status codes:
     ResourceExhausted  -> RESOURCE_EXHAUSTED
     Unavailable        -> UNAVAILABLE
     Unimplemented      -> UNIMPLEMENTED (the message says what the server can do instead)
+    Unauthenticated    -> UNAUTHENTICATED (no token, or an unknown one)
+    PermissionDenied   -> PERMISSION_DENIED (a known token not allowed this: disabled, at its stream cap)
     anything else      -> INTERNAL (no internal text reaches the client)
 
 Only raise ``InvalidRequest`` for something the client sent and can fix; a plain
@@ -33,3 +35,11 @@ class Unavailable(Exception):
 class Unimplemented(Exception):
     """A call this server answers but cannot serve with its models (e.g. Riva's TranslateText without a
     text translation model); the message names what it can do instead."""
+
+
+class Unauthenticated(Exception):
+    """No credentials, or unknown ones (relais.server.auth); the message says what to send."""
+
+
+class PermissionDenied(Exception):
+    """A known token that may not do this now (disabled, at its max_streams); the message says why."""

@@ -2,7 +2,7 @@
 
 Each command group has a module here that adds its parser and turns parsed arguments
 into calls of library code (``models``, ``export``, ``serve``, ``translate``,
-``evaluate``). A command checks its arguments, input files and optional dependencies
+``evaluate``, ``token``). A command checks its arguments, input files and optional dependencies
 before it does any work, and reports a refusal as ``error: ...`` with exit code 2.
 """
 
@@ -12,9 +12,9 @@ import argparse
 import logging
 import sys
 
-from relais.cli import evaluate, export, models, serve, translate
+from relais.cli import evaluate, export, models, serve, token, translate
 
-GROUPS = (models, export, serve, translate, evaluate)
+GROUPS = (models, export, serve, translate, evaluate, token)
 
 
 def build_parser() -> argparse.ArgumentParser:

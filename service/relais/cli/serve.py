@@ -12,7 +12,7 @@ from relais.cli.common import refuse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="run the gRPC server (config file, then RELAIS_* environment, then flags)")
-    srv.add_argument("--config", type=Path, help="YAML config file (sections server, models, runtime)")
+    srv.add_argument("--config", type=Path, help="YAML config file (sections server, models, runtime, tls, auth)")
     srv.add_argument("--host", help="listen address (default 0.0.0.0)")
     srv.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     srv.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; 0 picks a free one)")
@@ -42,9 +42,22 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if overrides := flag_overrides(args):
             config = config.replace(**overrides)
+        _check_files(config)
     except ValueError as exc:
         return refuse(str(exc))
     print(f"relais serve: {json.dumps(config.redacted())}", flush=True)
     from relais.server.app import serve
 
     return serve(config)
+
+
+def _check_files(config) -> None:
+    """The tls and auth files: readable and consistent, checked before anything loads (the server reads
+    them again at start, and again whenever they change)."""
+    from relais.server.auth import TokenStore
+    from relais.server.tls import CertificateFiles
+
+    if config.tls.enabled:
+        CertificateFiles(config.tls)
+    if config.auth.enabled:
+        TokenStore(config.auth)

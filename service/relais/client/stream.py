@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from relais.audio.files import read_pcm16
 from relais.audio.pcm import as_pcm16, pcm16_to_float
 from relais.client.results import (Arrival, AudioReceived, ClientEvent, ClientResult, ClientTimings, assemble_audio,
                                    response_event)
+from relais.client.tls import ClientTls, open_channel
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
 from relais.wire import DEFAULT_LATENCY_MODE, LATENCY_MODE_TO_PB
@@ -143,10 +143,12 @@ class _Sender:
 class TranslateClient:
     """One gRPC channel to a Relais server; each ``translate_*`` call is one Translate stream."""
 
-    def __init__(self, address: str, *, timeout_s: float | None = None):
+    def __init__(self, address: str, *, timeout_s: float | None = None, tls: ClientTls | None = None,
+                 token: str = ""):
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None  # auth (docs/security.md)
+        self._channel = open_channel(address, tls)  # tls None: plaintext
         self._stub = pb_grpc.SpeechTranslatorStub(self._channel)
 
     def close(self) -> None:
@@ -159,7 +161,8 @@ class TranslateClient:
         self.close()
 
     def capabilities(self) -> pb.Capabilities:
-        return self._stub.ListCapabilities(pb.ListCapabilitiesRequest(), timeout=self.timeout_s)
+        return self._stub.ListCapabilities(pb.ListCapabilitiesRequest(), timeout=self.timeout_s,
+                                           metadata=self._metadata)
 
     def translate_file(self, path: str | Path, options: TranslateOptions,
                        on_event: Callable[[ClientEvent], None] | None = None) -> ClientResult:
@@ -184,7 +187,7 @@ class TranslateClient:
         log.info("streaming %.2f s of audio to %s (%s -> %s, speed %g)", len(samples) / sample_rate_hz,
                  self.address, options.source_language or "auto", options.target_language, options.speed)
         sender.start()
-        call = self._stub.Translate(sender.requests(), timeout=self.timeout_s)
+        call = self._stub.Translate(sender.requests(), timeout=self.timeout_s, metadata=self._metadata)
         try:
             for response in call:
                 event = response_event(response, clock.now(), result)
@@ -208,9 +211,9 @@ class TranslateClient:
 
 def translate_file(address: str, path: str | Path, options: TranslateOptions,
                    on_event: Callable[[ClientEvent], None] | None = None,
-                   timeout_s: float | None = None) -> ClientResult:
-    """One-shot: connect to ``address``, translate the file, close the channel."""
-    with TranslateClient(address, timeout_s=timeout_s) as client:
+                   timeout_s: float | None = None, tls: ClientTls | None = None, token: str = "") -> ClientResult:
+    """One-shot: connect to ``address`` (over TLS when ``tls`` is given), translate the file, close the channel."""
+    with TranslateClient(address, timeout_s=timeout_s, tls=tls, token=token) as client:
         return client.translate_file(path, options, on_event)
 
 

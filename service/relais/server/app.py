@@ -24,12 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from relais.pipeline.engine import TranslationEngine
+from relais.server.auth import TokenStore
 from relais.server.config import ServerConfig, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
 from relais.server.riva import add_riva_services
 from relais.server.servicer import SpeechTranslatorServicer
 from relais.server.streams import Gate, StreamHost
+from relais.server.tls import CertificateFiles, start_health_port
 from relais.server.web import WebServer
 from relais.v1 import translator_pb2, translator_pb2_grpc
 
@@ -50,6 +52,10 @@ class RelaisServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.web_port: int | None = None  # None: the web port is off (server.web_port = -1)
+        self.health_port: int | None = None  # None: no plaintext health port (server.health_port = -1)
+        self.tls: CertificateFiles | None = None  # None: plaintext (no tls.cert_file)
+        self.auth: TokenStore | None = None  # None: no authentication (no auth.tokens_file)
+        self._health_server: grpc.aio.Server | None = None
         self._web: WebServer | None = None
         self._given_engine = engine
         self._pool = ThreadPoolExecutor(config.server.effective_worker_threads, thread_name_prefix="relais-session")
@@ -66,8 +72,12 @@ class RelaisServer:
         cfg = self.config.server
         log.info("starting relais server: %s", self.config.redacted())
         self._force_stop = asyncio.Event()
+        if self.config.tls.enabled:  # read and check the files before binding anything (ValueError names the key)
+            self.tls = CertificateFiles(self.config.tls)
+        if self.config.auth.enabled:  # the tokens file too (ValueError names the entry and key)
+            self.auth = TokenStore(self.config.auth, self.metrics)
         self._server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor(on_error=self._count_error)],
+            interceptors=[ErrorMappingInterceptor(on_error=self._count_error, auth=self.auth)],
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes)])
         self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
                                max_session_s=cfg.max_session_s)
@@ -85,16 +95,21 @@ class RelaisServer:
             self._server)
         address = f"{cfg.host}:{cfg.port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = (self._server.add_secure_port(address, self.tls.grpc_credentials()) if self.tls else
+                         self._server.add_insecure_port(address))
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {address} (server.host/server.port): {exc}") from None
         await self._server.start()
+        if cfg.health_port >= 0:
+            self._health_server, self.health_port = await start_health_port(self._health, cfg.host, cfg.health_port)
         self.metrics_port = self.metrics.start_http(cfg.metrics_port, cfg.host)
         if cfg.web_port >= 0:  # the same StreamHost: shared sessions, admission, drain and metrics
-            self._web = WebServer(self.host, on_error=self._count_error)
+            self._web = WebServer(self.host, on_error=self._count_error,
+                                  ssl_context=self.tls.ssl_context() if self.tls else None, auth=self.auth)
             self.web_port = await self._web.start(cfg.host, cfg.web_port)
             log.info("web page and WebSocket on %s:%d", cfg.host, self.web_port)
-        log.info("listening on %s:%d (NOT_SERVING until the models are warm)", cfg.host, self.port)
+        log.info("listening on %s:%d%s (NOT_SERVING until the models are warm)", cfg.host, self.port,
+                 " with mutual TLS" if self.config.tls.require_client_cert else " with TLS" if self.tls else "")
         engine, load_s = await asyncio.get_running_loop().run_in_executor(None, self._load_engine)
         self.metrics.model_load_seconds.set(load_s)
         self.metrics.set_execution_provider(engine.capabilities().execution_provider)
@@ -134,6 +149,9 @@ class RelaisServer:
                 log.warning("cancelling %d stream(s) still running after the %.1f s drain", self.gate.active, grace)
             await self._server.stop(0)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         if self._web is not None:
             await self._web.stop()  # streams still open are closed with 1001 (going away)
             self._web = None

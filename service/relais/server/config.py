@@ -3,6 +3,8 @@
     server:   {host, port, metrics_port, web_port, max_sessions, max_session_s, drain_grace_s, worker_threads}
     models:   {dir, precision}
     runtime:  {providers, intra_op_threads, trt_cache_dir}
+    tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
+    auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relais.runtime.ort import RuntimeConfig, check_precision, check_runtime
+from relais.server.auth import AuthSection
+from relais.server.tls import TlsSection
 
 if TYPE_CHECKING:
     from relais.pipeline.engine import EngineConfig
@@ -37,6 +41,7 @@ class ServerSection:
     port: int = 50051  # 0: pick a free port
     metrics_port: int = 9090  # 0: pick a free port
     web_port: int = -1  # the browser page and WebSocket (docs/websocket.md); -1: off, 0: pick a free port
+    health_port: int = -1  # plaintext grpc.health.v1 only, for probes when tls is on (docs/security.md); -1: off
     max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
     max_session_s: float = 3600.0  # wall-clock limit of one stream
     max_message_mb: int = 64  # largest gRPC message accepted (a whole file for Riva's Recognize)
@@ -49,8 +54,9 @@ class ServerSection:
         for key in ("port", "metrics_port"):
             value = getattr(self, key)
             _check(0 <= value <= 65535, f"server.{key}", "must be 0..65535 (0 picks a free port)", value)
-        _check(-1 <= self.web_port <= 65535, "server.web_port", "must be -1 (off) or 0..65535 (0 picks a free port)",
-               self.web_port)
+        for key in ("web_port", "health_port"):
+            value = getattr(self, key)
+            _check(-1 <= value <= 65535, f"server.{key}", "must be -1 (off) or 0..65535 (0 picks a free port)", value)
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
         _check(self.max_session_s > 0, "server.max_session_s", "must be > 0 seconds", self.max_session_s)
         _check(1 <= self.max_message_mb <= 2047, "server.max_message_mb", "must be 1..2047 (MB)", self.max_message_mb)
@@ -95,6 +101,8 @@ class ServerConfig:
     server: ServerSection = field(default_factory=ServerSection)
     models: ModelsSection = field(default_factory=ModelsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+    auth: AuthSection = field(default_factory=AuthSection)
 
     def validate(self) -> ServerConfig:
         for section in _sections(self):
@@ -157,7 +165,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: top level must be a mapping of sections "
-                         f"(server, models, runtime), got {type(data).__name__}")
+                         f"(server, models, runtime, tls, auth), got {type(data).__name__}")
     return data
 
 

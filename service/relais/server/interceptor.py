@@ -7,6 +7,8 @@ status:
     ResourceExhausted                -> RESOURCE_EXHAUSTED
     Unavailable (warming, draining)  -> UNAVAILABLE
     Unimplemented                    -> UNIMPLEMENTED
+    Unauthenticated                  -> UNAUTHENTICATED    (relais.server.auth: checked before the handler runs)
+    PermissionDenied                 -> PERMISSION_DENIED
     anything else                    -> INTERNAL, "internal error; see server logs, request id X"
                                         (traceback logged under that id; no internal text
                                         reaches the client)
@@ -26,15 +28,20 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc import aio
 
-from relais.errors import InvalidRequest, ResourceExhausted, Unavailable, Unimplemented
+from relais.errors import (InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
+                           Unimplemented)
+from relais.server.auth import metadata_value
 
-__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "ResourceExhausted", "Unavailable", "Unimplemented",
-           "status_for"]
+if TYPE_CHECKING:
+    from relais.server.auth import Grant, TokenStore
+
+__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "PermissionDenied", "ResourceExhausted", "Unauthenticated",
+           "Unavailable", "Unimplemented", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,10 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(exc) or "unavailable"
     if isinstance(exc, Unimplemented):
         return grpc.StatusCode.UNIMPLEMENTED, str(exc) or "unimplemented"
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc) or "unauthenticated"
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc) or "permission denied"
     return grpc.StatusCode.INTERNAL, ""
 
 
@@ -67,8 +78,9 @@ _KINDS: dict[tuple[bool, bool], tuple[Callable[[grpc.RpcMethodHandler], Behaviou
 class ErrorMappingInterceptor(aio.ServerInterceptor):
     """Wraps every handler (unary or streaming, coroutine or async generator)."""
 
-    def __init__(self, on_error: Callable[[str], None] | None = None):
+    def __init__(self, on_error: Callable[[str], None] | None = None, auth: TokenStore | None = None):
         self._on_error = on_error  # called with the status code name, e.g. "INVALID_ARGUMENT"
+        self._auth = auth  # None: no authentication (auth.tokens_file unset)
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -77,29 +89,47 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
         if handler is None:
             return None
         behaviour_of, factory = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        return factory(self._wrap(behaviour_of(handler), handler_call_details.method),
+        streaming = handler.request_streaming or handler.response_streaming
+        return factory(self._wrap(behaviour_of(handler), handler_call_details.method, streaming),
                        request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
 
-    def _wrap(self, behaviour: Behaviour, method: str) -> Behaviour:
+    def _wrap(self, behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
         if inspect.isasyncgenfunction(behaviour):
             async def stream_wrapper(request, context):
+                grant = None
                 try:
+                    grant = self._authorize(method, context, streaming)
                     async for response in behaviour(request, context):
                         yield response
                 except Exception as exc:  # noqa: BLE001 - mapped below
                     await self._abort(exc, context, method)
+                finally:
+                    if grant is not None:
+                        grant.release()
             return stream_wrapper
 
         async def call_wrapper(request, context):
+            grant = None
             try:
+                grant = self._authorize(method, context, streaming)
                 result = behaviour(request, context)
                 if inspect.isawaitable(result):
                     result = await result
                 return result
             except Exception as exc:  # noqa: BLE001 - mapped below
                 await self._abort(exc, context, method)
+            finally:
+                if grant is not None:
+                    grant.release()
         return call_wrapper
+
+    def _authorize(self, method: str, context: aio.ServicerContext, streaming: bool) -> Grant | None:
+        """The call's grant (None without auth); raises Unauthenticated/PermissionDenied before any work."""
+        if self._auth is None:
+            return None
+        return self._auth.authorize(method, metadata_value(context.invocation_metadata(), "authorization"),
+                                    streaming)
 
     async def _abort(self, exc: Exception, context: aio.ServicerContext, method: str) -> None:
         if isinstance(exc, aio.AbortError):

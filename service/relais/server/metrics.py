@@ -59,6 +59,10 @@ class RelaisMetrics:
         self.scheduler_wait_seconds = Histogram(
             "relais_scheduler_wait_seconds", "Time a model call queued for a free slot in the model scheduler",
             ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
+        self.token_calls_total = Counter(  # auth.tokens_file set: by token NAME, never the token
+            "relais_token_calls_total", "Authenticated calls by token name", ["token"], registry=r)
+        self.token_streams_active = Gauge("relais_token_streams_active", "Streaming calls open, by token name",
+                                          ["token"], registry=r)
         self.serving = Gauge("relais_serving", "1 while the server takes new streams (models warm, not draining)",
                              registry=r)
         self.compute_seconds_total = Counter(

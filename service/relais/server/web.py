@@ -20,11 +20,13 @@ Like the gRPC servicer this is transport only: the ``StreamHost`` owns the servi
 gate, admission, the session, its report and metrics, so both ports share
 ``max_sessions``, drain and ``relais_sessions_*``.
 
-Security seam: TLS and auth do not exist yet on either port. When they land,
-``WebServer`` takes the same ``ssl.SSLContext`` as the gRPC port (``ssl_context``:
-wss and https), and ``_process_request`` checks the same token (an ``Authorization``
-header, or a ``token`` query parameter for browsers, which cannot set headers on a
-WebSocket) before the handshake.
+Security (docs/security.md): with ``tls`` set, ``WebServer`` takes an ``ssl.SSLContext``
+following the gRPC port's certificate files (wss and https). With ``auth`` set,
+``/v1/capabilities`` and ``/v1/translate`` need the same token as gRPC, in an
+``Authorization: Bearer`` header or, for browsers (which cannot set headers on a
+WebSocket), a ``token`` query parameter: a missing or unknown token gets HTTP 401 before
+the handshake, a disabled one 403; a token at its ``max_streams`` is closed with 4007
+after the handshake. The page and its assets stay open (they hold no data).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf import json_format
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -46,8 +48,9 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relais.errors import InvalidRequest, ResourceExhausted, Unavailable
+from relais.errors import InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from relais.pipeline.events import PipelineEvent
+from relais.server.auth import TokenStore, metadata_value
 from relais.server.interceptor import status_for
 from relais.server.messages import capabilities_message, event_response, plan_stream, started_message, summary_message
 from relais.server.report import StreamReport
@@ -62,6 +65,7 @@ if access_log.level == logging.NOTSET:
     access_log.setLevel(logging.WARNING)
 
 TRANSLATE_PATH = "/v1/translate"
+WEB_METHOD = "/relais.v1.SpeechTranslator/Translate"  # what the web port's calls count as for auth
 CAPABILITIES_PATH = "/v1/capabilities"
 MAX_MESSAGE_BYTES = 1 << 20  # one incoming frame (100 ms of 48 kHz stereo float32 is 38 KB)
 END_MESSAGE = {"type": "end"}
@@ -88,6 +92,8 @@ CLOSE_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (WrongFrameType, CloseCode.UNSUPPORTED_DATA),  # 1003
     (FrameTooBig, CloseCode.MESSAGE_TOO_BIG),  # 1009
     (InvalidRequest, 4003),  # 4000 + INVALID_ARGUMENT (3)
+    (PermissionDenied, 4007),  # 4000 + PERMISSION_DENIED (7)
+    (Unauthenticated, 4016),  # 4000 + UNAUTHENTICATED (16)
     (ResourceExhausted, 4008),  # 4000 + RESOURCE_EXHAUSTED (8)
     (Unavailable, 4014),  # 4000 + UNAVAILABLE (14)
     (Exception, 4013),  # 4000 + INTERNAL (13)
@@ -102,8 +108,9 @@ class WebServer:
     """The web port: the page, capabilities and the Translate WebSocket over ``host``."""
 
     def __init__(self, host: StreamHost, on_error: Callable[[str], None] | None = None,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, auth: TokenStore | None = None):
         self.host = host
+        self._auth = auth  # None: no token needed
         self._on_error = on_error  # called with the gRPC status name, as the interceptor does
         self._ssl = ssl_context
         self._pages = _read_pages(PAGE_DIR)
@@ -130,6 +137,17 @@ class WebServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
+        if path in (TRANSLATE_PATH, CAPABILITIES_PATH) and self._auth is not None:
+            try:
+                self._auth.authorize(WEB_METHOD, _authorization(request), streaming=False,
+                                    count=path == CAPABILITIES_PATH)  # a stream counts once it opens
+            except (Unauthenticated, PermissionDenied) as exc:
+                code, message = status_for(exc)
+                if self._on_error is not None:
+                    self._on_error(code.name)
+                status = HTTPStatus.UNAUTHORIZED if code.name == "UNAUTHENTICATED" else HTTPStatus.FORBIDDEN
+                return connection.respond(status, f"{message} (web port: an 'Authorization: Bearer' header or "
+                                                  f"a token query parameter)\n")
         if path == TRANSLATE_PATH:
             return None  # go on with the WebSocket handshake (a plain GET gets 426)
         if path == CAPABILITIES_PATH:
@@ -147,13 +165,19 @@ class WebServer:
     # --- WebSocket -------------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        grant = None
         try:
+            if self._auth is not None:  # the token was checked before the handshake; now take a stream slot
+                grant = self._auth.authorize(WEB_METHOD, _authorization(ws.request), streaming=True)
             async with self.host.accounting() as ticket:
                 await self._translate(ws, ticket)
         except Exception as exc:  # noqa: BLE001 - mapped to a close code below
             await self._close_for(ws, exc)
         else:
             await ws.close(CloseCode.NORMAL_CLOSURE, "end of stream")  # no-op if the client has gone
+        finally:
+            if grant is not None:
+                grant.release()
 
     async def _translate(self, ws: ServerConnection, ticket: StreamTicket) -> None:
         """One Translate stream: the servicer's steps, with frames instead of messages."""
@@ -262,6 +286,17 @@ def _reason(message: str) -> str:
     if len(encoded) <= _MAX_REASON_BYTES:
         return message
     return encoded[:_MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def _authorization(request: Request | None) -> str | None:
+    """The request's credentials: its Authorization header, else ``?token=`` (browsers) as a bearer token."""
+    if request is None:
+        return None
+    header = metadata_value(list(request.headers.raw_items()), "authorization")
+    if header:
+        return header
+    token = parse_qs(urlsplit(request.path).query).get("token")
+    return f"Bearer {token[0]}" if token and token[0] else None
 
 
 def _peer(ws: ServerConnection) -> str:

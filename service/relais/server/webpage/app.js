@@ -11,6 +11,8 @@
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const overlay = params.get("overlay") === "1";
+// With auth on (docs/security.md) open the page as /?token=...: it is passed on to the server's URLs.
+const tokenQuery = params.get("token") ? `?token=${encodeURIComponent(params.get("token"))}` : "";
 const ui = {
   source: $("source"), target: $("target"), latency: $("latency"), speech: $("speech"),
   start: $("start"), stop: $("stop"), file: $("file"), drop: $("drop"),
@@ -47,7 +49,7 @@ function applyParams() {
 async function loadCapabilities() {
   // The languages the server's models offer (ListCapabilities); the defaults stay if it is warming up.
   try {
-    const response = await fetch("v1/capabilities");
+    const response = await fetch(`v1/capabilities${tokenQuery}`);
     if (!response.ok) throw new Error(await response.text());
     const caps = await response.json();
     const names = new Intl.DisplayNames(["en"], {type: "language"});
@@ -111,7 +113,7 @@ function resumeOnClick(ctx) {
 
 function connect(liveState) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/translate`);
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/translate${tokenQuery}`);
   ws.binaryType = "arraybuffer";
   run.ws = ws;
   setState("connecting…");
