@@ -281,6 +281,28 @@ def test_rotation_keeps_the_live_stream_and_serves_new_connections_the_new_certi
     assert handle.server.tls.reloads >= 1
 
 
+def test_rotation_under_a_live_stream_without_models(ca, tmp_path):
+    """A health Watch stream (server streaming) opened before the rotation stays open on its old
+    connection, and that channel still answers new calls, while new connections to both ports are
+    shown the new certificate."""
+    section = _server_files(tmp_path / "files", ca)
+    (tmp_path / "ca.crt").write_bytes(ca.pem)
+    with start_in_process(_config(section, web_port=0), engine=StubEngine()) as handle:
+        channel = grpc.secure_channel(handle.address, ClientTls(ca_file=str(tmp_path / "ca.crt")).credentials())
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        assert next(watch).status == SERVING
+        new = ca.server()
+        new.write(Path(section.cert_file), Path(section.key_file))
+        assert [_peer_serial(p, ca.pem) for p in (handle.server.port, handle.server.web_port)] == [new.serial] * 2
+        stub = pb_grpc.SpeechTranslatorStub(channel)
+        assert "en" in stub.ListCapabilities(pb.ListCapabilitiesRequest(), timeout=10).target_languages
+        time.sleep(0.2)
+        assert not watch.done()  # a dropped connection would have ended it with UNAVAILABLE
+        watch.cancel()
+        channel.close()
+        assert handle.server.tls.reloads == 1
+
+
 def test_mutual_tls_refuses_a_client_without_a_certificate(mtls_server, ca, tmp_path):
     (tmp_path / "ca.crt").write_bytes(ca.pem)
     ca.client("partner-a").write(tmp_path / "client.crt", tmp_path / "client.key")
