@@ -193,21 +193,25 @@ def _peer_serial(port: int, ca_pem: bytes) -> int:
             return serial_of(conn.getpeercert(binary_form=True))
 
 
-def test_stream_health_and_reflection_over_tls(tls_server, ca, tmp_path):
-    handle, _ = tls_server
+def test_health_and_reflection_over_tls(stub_tls_server, ca, tmp_path):
+    handle, _ = stub_tls_server
     (tmp_path / "ca.crt").write_bytes(ca.pem)
-    tls = ClientTls(ca_file=str(tmp_path / "ca.crt"))
-    channel = grpc.secure_channel(handle.address, tls.credentials())
+    channel = grpc.secure_channel(handle.address, ClientTls(ca_file=str(tmp_path / "ca.crt")).credentials())
     assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
     answer = next(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
                                                   timeout=10))
     assert "relais.v1.SpeechTranslator" in {s.name for s in answer.list_services_response.service}
     channel.close()
+
+
+def test_translate_stream_over_tls(tls_server, ca, tmp_path):
+    handle, _ = tls_server
+    (tmp_path / "ca.crt").write_bytes(ca.pem)
     audio = load_audio(SAMPLE_FR)
-    with TranslateClient(handle.address, tls=tls, timeout_s=120) as client:
+    with TranslateClient(handle.address, tls=ClientTls(ca_file=str(tmp_path / "ca.crt")), timeout_s=120) as client:
         result = client.translate_audio(audio, 16000, TranslateOptions(target_language="en", speed=0))
-    assert result.translation.strip() and result.audio.size > 0
+    assert result.translation.strip() and result.audio.size > 0 and result.summary is not None
 
 
 def test_plaintext_client_to_the_tls_port_fails_fast(stub_tls_server):
