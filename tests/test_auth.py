@@ -27,6 +27,7 @@ from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
 
 GOOD, CAPPED, OFF = "tok-good-0123456789", "tok-capped-0123456789", "tok-disabled-0123456789"
+EXPIRED, LATER = "tok-expired-0123456789", "tok-later-0123456789"
 
 
 def _write_tokens(path: Path, *extra: str) -> Path:
@@ -34,6 +35,8 @@ def _write_tokens(path: Path, *extra: str) -> Path:
                     f"  - name: partner-a\n    sha256: {hash_token(GOOD)}\n"
                     f"  - name: capped\n    sha256: {hash_token(CAPPED)}\n    max_streams: 1\n"
                     f"  - name: old-partner\n    sha256: {hash_token(OFF)}\n    disabled: true\n"
+                    f"  - name: trial\n    sha256: {hash_token(EXPIRED)}\n    expires: 2020-01-31\n"
+                    f"  - name: until-2999\n    sha256: {hash_token(LATER)}\n    expires: 2999-01-31T12:00:00+01:00\n"
                     + "".join(extra))
     return path
 
@@ -51,6 +54,8 @@ def _write_tokens(path: Path, *extra: str) -> Path:
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", audio_minutes_per_day: 60}\n",
      r"tokens\[0\].audio_minutes_per_day: per-day audio quotas are not enforced yet"),
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", role: admin}\n", r"tokens\[0\]: unknown key\(s\) \['role'\]"),
+    ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", expires: next week}\n",
+     r"tokens\[0\].expires: must be an ISO 8601 date or time"),
     ("tokens: [\n", r"not valid YAML"),
 ])
 def test_tokens_file_errors_name_the_entry_and_key(tmp_path, text, message):
@@ -123,7 +128,8 @@ def test_unary_calls_need_a_known_enabled_token(tmp_path):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             return [await _call(channel), await _call(channel, header="Basic dXNlcjpwYXNz"),
                     await _call(channel, header="Bearer "), await _call(channel, "not-a-token"),
-                    await _call(channel, OFF), await _call(channel, GOOD), await _call(channel, header=f"bearer {GOOD}")]
+                    await _call(channel, OFF), await _call(channel, EXPIRED), await _call(channel, LATER),
+                    await _call(channel, GOOD), await _call(channel, header=f"bearer {GOOD}")]
 
     results = _run_server(store, store.metrics, scenario)
     assert results == [
@@ -133,9 +139,10 @@ def test_unary_calls_need_a_known_enabled_token(tmp_path):
         ("UNAUTHENTICATED", "unknown token: check the token you were given (the server keeps only its sha256 in "
                             "auth.tokens_file)"),
         ("PERMISSION_DENIED", "token 'old-partner' is disabled; ask the operator to enable it or issue a new one"),
-        ("OK", "unary:x"), ("OK", "unary:x")]
+        ("UNAUTHENTICATED", "token 'trial' expired at 2020-01-31T00:00:00+00:00; ask the operator for a new one"),
+        ("OK", "unary:x"), ("OK", "unary:x"), ("OK", "unary:x")]
     text = store.metrics.exposition().decode()
-    assert 'relais_errors_total{code="UNAUTHENTICATED"} 4.0' in text
+    assert 'relais_errors_total{code="UNAUTHENTICATED"} 5.0' in text
     assert 'relais_errors_total{code="PERMISSION_DENIED"} 1.0' in text
     assert 'relais_token_calls_total{token="partner-a"} 2.0' in text
     assert GOOD not in text and hash_token(GOOD) not in text  # labelled by name, never by token
@@ -237,9 +244,13 @@ def test_token_cli_makes_a_usable_entry(tmp_path, capsys, monkeypatch):
     token = capsys.readouterr().out.strip()
     assert main(["token", "add", "partner-a", "--file", str(path)]) == 2
     assert "already has a token named 'partner-a'" in capsys.readouterr().err
+    assert main(["token", "add", "trial", "--expires", "2030-06-30", "--file", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["token", "add", "x", "--expires", "soon", "--file", str(path)]) == 2
+    assert "error: --expires: must be an ISO 8601 date or time" in capsys.readouterr().err
     assert token not in path.read_text()  # only the hash is written
     store = TokenStore(AuthSection(tokens_file=str(path)))
-    assert store.entries[0].max_streams == 2
+    assert store.entries[0].max_streams == 2 and store.entries[1].expires.isoformat() == "2030-06-30T00:00:00+00:00"
     assert store.authorize("/relais.v1.SpeechTranslator/Translate", f"Bearer {token}", streaming=False).token \
         == "partner-a"
     monkeypatch.setattr(sys, "stdin", io.StringIO(token + "\n"))

@@ -12,6 +12,7 @@ holds hashes, never tokens:
       - name: partner-a                # the name in logs and metrics (never the token)
         sha256: 9f86d08...             # hex sha256 of the token: `relais token hash` prints it
         max_streams: 4                 # optional: concurrent streaming calls of this token
+        expires: 2027-01-31T00:00:00Z  # optional: refused from then on (a date means its midnight UTC)
       - name: old-partner
         sha256: 60303ae...
         disabled: true                 # optional: refused with PERMISSION_DENIED
@@ -21,6 +22,7 @@ send). The check runs in the interceptor before the handler does any work:
 
     no / malformed authorization       -> UNAUTHENTICATED
     a token whose hash is not listed   -> UNAUTHENTICATED
+    a token past its expires           -> UNAUTHENTICATED
     a disabled token                   -> PERMISSION_DENIED
     max_streams streams already open   -> PERMISSION_DENIED
 
@@ -31,6 +33,7 @@ On the web port the token comes in an ``Authorization: Bearer`` header or, for b
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import hmac
 import logging
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 OPEN_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 OPEN_REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY_KEYS = {"name", "sha256", "max_streams", "disabled"}
+_ENTRY_KEYS = {"name", "sha256", "max_streams", "disabled", "expires"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class TokenEntry:
     sha256: str
     max_streams: int = 0  # 0: no cap of its own (server.max_sessions still holds)
     disabled: bool = False
+    expires: datetime.datetime | None = None  # aware (UTC); None: never
 
 
 @dataclass
@@ -121,6 +125,9 @@ class TokenStore:
             return OPEN
         self.refresh()
         entry = self._find(bearer_token(authorization))
+        if entry.expires is not None and _now() >= entry.expires:
+            raise Unauthenticated(f"token {entry.name!r} expired at {entry.expires.isoformat()}; ask the operator "
+                                  f"for a new one")
         if entry.disabled:
             raise PermissionDenied(f"token {entry.name!r} is disabled; ask the operator to enable it or "
                                    f"issue a new one")
@@ -242,8 +249,30 @@ def read_tokens(path: Path) -> tuple[TokenEntry, ...]:
         if not isinstance(disabled, bool):
             raise ValueError(f"{at}.disabled: must be true or false, got {disabled!r}")
         names.add(name)
-        entries.append(TokenEntry(name=name, sha256=digest, max_streams=max_streams, disabled=disabled))
+        entries.append(TokenEntry(name=name, sha256=digest, max_streams=max_streams, disabled=disabled,
+                                  expires=parse_expiry(raw.get("expires"), f"{at}.expires")))
     return tuple(entries)
+
+
+def parse_expiry(value, key: str) -> datetime.datetime | None:
+    """``expires`` as an aware datetime: a YAML timestamp or date, or an ISO 8601 string (no zone: UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{key}: must be an ISO 8601 date or time, e.g. 2027-01-31 or 2027-01-31T12:00:00Z, "
+                             f"got {value!r}") from None
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time())
+    if not isinstance(value, datetime.datetime):
+        raise ValueError(f"{key}: must be an ISO 8601 date or time, e.g. 2027-01-31, got {value!r}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.timezone.utc)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _stamp(path: str) -> tuple:
