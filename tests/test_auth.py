@@ -20,7 +20,6 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from stub_engine import StubEngine
 from relais.server.auth import AuthSection, TokenStore, hash_token, read_tokens
 from relais.server.config import load_config
 from relais.server.interceptor import ErrorMappingInterceptor
@@ -270,9 +269,16 @@ def test_translate_cli_token_file_is_checked_before_any_work(tmp_path, capsys):
     assert f"error: --token-file {tmp_path}/empty is empty" in capsys.readouterr().err
 
 
-# --- the server (a stub engine: authentication happens before any model work) -------------------
+# --- the server, on the real engine (authentication happens before any model work) -----------------
 
-def test_server_grpc_and_web_port_need_the_token(tmp_path):
+@pytest.fixture(scope="module")
+def engine(model_set):
+    from relais.pipeline.engine import EngineConfig, TranslationEngine
+
+    return TranslationEngine(EngineConfig(models_dir=model_set.root))
+
+
+def test_server_grpc_and_web_port_need_the_token(engine, tmp_path):
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
@@ -283,7 +289,7 @@ def test_server_grpc_and_web_port_need_the_token(tmp_path):
     config = ServerConfig().replace(
         server={"host": "127.0.0.1", "port": 0, "metrics_port": 0, "web_port": 0},
         auth={"tokens_file": str(_write_tokens(tmp_path / "tokens.yaml"))})
-    with start_in_process(config, engine=StubEngine()) as handle:
+    with start_in_process(config, engine=engine) as handle:
         with TranslateClient(handle.address, timeout_s=20) as client:
             with pytest.raises(grpc.RpcError) as err:
                 client.capabilities()

@@ -1,10 +1,8 @@
 """TLS and mutual TLS on the gRPC and web ports, certificate rotation, and the client's TLS options.
 
 Certificates are made in the test (tests/certs.py: a CA, server and client certificates).
-Settings, start-up errors, the rotation rule and the CLI need no server; the transport
-tests run servers over a stub engine (tests/stub_engine.py: TLS happens before any model
-work); a Translate stream over TLS and the rotation under a live stream use the real
-engine on the prepared model set.
+Settings, start-up errors, the rotation rule and the CLI need no server; every server
+here runs the real engine on the prepared model set (loaded once for the module).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from certs import TestCA, serial_of
 from conftest import load_audio
-from stub_engine import StubEngine
 from relais.cli import main
 from relais.client import ClientTls, TranslateClient, TranslateOptions
 from relais.server.app import start_in_process
@@ -162,10 +159,10 @@ def _config(tls: TlsSection, models_dir: Path | None = None, **server) -> Server
 
 
 @pytest.fixture(scope="module")
-def stub_tls_server(ca, tmp_path_factory):
-    """TLS on the gRPC and web ports, a plaintext health port; no models."""
-    section = _server_files(tmp_path_factory.mktemp("stub-tls"), ca)
-    with start_in_process(_config(section, web_port=0, health_port=0), engine=StubEngine()) as handle:
+def tls_health_server(engine, ca, tmp_path_factory):
+    """TLS on the gRPC and web ports, and a plaintext health port."""
+    section = _server_files(tmp_path_factory.mktemp("tls-health"), ca)
+    with start_in_process(_config(section, web_port=0, health_port=0), engine=engine) as handle:
         yield handle, section
 
 
@@ -178,9 +175,9 @@ def tls_server(model_set, engine, ca, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mtls_server(ca, tmp_path_factory):
+def mtls_server(engine, ca, tmp_path_factory):
     section = _server_files(tmp_path_factory.mktemp("mtls"), ca, client_ca=True)
-    with start_in_process(_config(section), engine=StubEngine()) as handle:
+    with start_in_process(_config(section), engine=engine) as handle:
         yield handle
 
 
@@ -193,8 +190,8 @@ def _peer_serial(port: int, ca_pem: bytes) -> int:
             return serial_of(conn.getpeercert(binary_form=True))
 
 
-def test_health_and_reflection_over_tls(stub_tls_server, ca, tmp_path):
-    handle, _ = stub_tls_server
+def test_health_and_reflection_over_tls(tls_health_server, ca, tmp_path):
+    handle, _ = tls_health_server
     (tmp_path / "ca.crt").write_bytes(ca.pem)
     channel = grpc.secure_channel(handle.address, ClientTls(ca_file=str(tmp_path / "ca.crt")).credentials())
     assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
@@ -214,8 +211,8 @@ def test_translate_stream_over_tls(tls_server, ca, tmp_path):
     assert result.translation.strip() and result.audio.size > 0 and result.summary is not None
 
 
-def test_plaintext_client_to_the_tls_port_fails_fast(stub_tls_server):
-    handle, _ = stub_tls_server
+def test_plaintext_client_to_the_tls_port_fails_fast(tls_health_server):
+    handle, _ = tls_health_server
     started = time.monotonic()
     with grpc.insecure_channel(handle.address) as channel:
         with pytest.raises(grpc.RpcError) as err:
@@ -224,8 +221,8 @@ def test_plaintext_client_to_the_tls_port_fails_fast(stub_tls_server):
     assert time.monotonic() - started < 10
 
 
-def test_untrusted_server_certificate_is_refused(stub_tls_server, tmp_path):
-    handle, _ = stub_tls_server
+def test_untrusted_server_certificate_is_refused(tls_health_server, tmp_path):
+    handle, _ = tls_health_server
     (tmp_path / "other.crt").write_bytes(TestCA("not the server's CA").pem)
     with TranslateClient(handle.address, tls=ClientTls(ca_file=str(tmp_path / "other.crt")), timeout_s=20) as client:
         with pytest.raises(grpc.RpcError) as err:
@@ -233,8 +230,8 @@ def test_untrusted_server_certificate_is_refused(stub_tls_server, tmp_path):
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def test_plaintext_health_port_for_probes(stub_tls_server):
-    handle, _ = stub_tls_server
+def test_plaintext_health_port_for_probes(tls_health_server):
+    handle, _ = tls_health_server
     with grpc.insecure_channel(f"127.0.0.1:{handle.server.health_port}") as channel:
         assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status == SERVING
         with pytest.raises(grpc.RpcError) as err:  # health only: no audio on this port
@@ -242,8 +239,8 @@ def test_plaintext_health_port_for_probes(stub_tls_server):
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_web_port_serves_https(stub_tls_server, ca):
-    handle, _ = stub_tls_server
+def test_web_port_serves_https(tls_health_server, ca):
+    handle, _ = tls_health_server
     context = ssl.create_default_context(cadata=ca.pem.decode())
     url = f"https://localhost:{handle.server.web_port}/v1/capabilities"
     caps = json.loads(urllib.request.urlopen(url, context=context, timeout=10).read())
@@ -285,13 +282,13 @@ def test_rotation_keeps_the_live_stream_and_serves_new_connections_the_new_certi
     assert handle.server.tls.reloads >= 1
 
 
-def test_rotation_under_a_live_stream_without_models(ca, tmp_path):
+def test_rotation_under_a_live_health_watch(engine, ca, tmp_path):
     """A health Watch stream (server streaming) opened before the rotation stays open on its old
     connection, and that channel still answers new calls, while new connections to both ports are
     shown the new certificate."""
     section = _server_files(tmp_path / "files", ca)
     (tmp_path / "ca.crt").write_bytes(ca.pem)
-    with start_in_process(_config(section, web_port=0), engine=StubEngine()) as handle:
+    with start_in_process(_config(section, web_port=0), engine=engine) as handle:
         channel = grpc.secure_channel(handle.address, ClientTls(ca_file=str(tmp_path / "ca.crt")).credentials())
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
         assert next(watch).status == SERVING
