@@ -383,7 +383,9 @@ def test_synthesize_online_sentence_by_sentence_reads_back(auth, engine):
     assert sum(w in heard for w in ("weather", "lovely", "today", "beach", "towel")) >= 4, heard
     whole = tts.synthesize("The weather is lovely today.", language_code="en-US", sample_rate_hz=16000)
     seconds = len(whole.audio) / 2 / 16000
-    assert abs(seconds - len(responses[0].audio) / 2 / 24000) < 0.05 and 0.8 < seconds < 4
+    # Piper samples its phoneme durations (noise_w), so two syntheses of one sentence differ by a few
+    # per cent; a wrong output rate would be off by the 24000/16000 ratio.
+    assert abs(seconds - len(responses[0].audio) / 2 / 24000) < 0.15 * seconds and 0.8 < seconds < 4
 
 
 @pytest.mark.parametrize("call, code, message", [
