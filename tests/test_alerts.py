@@ -6,7 +6,6 @@ the tests skip without it, except under CI, which must run them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,19 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import need_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 RULE = ROOT / "k8s" / "base" / "prometheusrule.yaml"
 RULE_TESTS = ROOT / "k8s" / "monitoring" / "relais-rules.test.yaml"
 
 
 def promtool() -> str:
-    exe = shutil.which("promtool")
-    if exe is None:
-        message = "promtool is not installed (bash tools/install.sh --test installs Debian's prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
+    return need_tool("promtool", "prometheus")
 
 
 @pytest.fixture()

@@ -13,8 +13,6 @@ without them this module skips, except under CI.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -26,7 +24,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import load_audio, load_manifest
+from conftest import load_audio, load_manifest, need_tool
 from relais.client import TextReceived, TranslateClient, TranslateOptions
 from relais.server.metrics import _LATENCY_BUCKETS_S
 from serving import free_port, relais_serve
@@ -35,13 +33,7 @@ LIVE_S = 62.0  # query this long into the stream
 
 
 def _binary(name: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        message = f"{name} is not installed (bash tools/install.sh --test installs Debian's prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
+    return need_tool(name, "prometheus")
 
 
 def _get(url: str) -> str:

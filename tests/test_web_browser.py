@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from conftest import load_audio, load_manifest
+from conftest import load_audio, load_manifest, need_tool
 from relais.server.app import start_in_process
 from relais.server.config import ServerConfig
 
@@ -38,13 +37,7 @@ CAPTION_TIMEOUT_S = 120.0
 
 
 def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed (bash tools/install.sh --test installs Debian's chromium, chromium-driver)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return need_tool(tool, "chromium and chromium-driver")
 
 
 @pytest.fixture(scope="module")
