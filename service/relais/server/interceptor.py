@@ -24,10 +24,11 @@ shape bug, a ``ManifestError``) is an internal fault and stays INTERNAL.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -97,32 +98,30 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
     def _wrap(self, behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
         if inspect.isasyncgenfunction(behaviour):
             async def stream_wrapper(request, context):
-                grant = None
-                try:
-                    grant = self._authorize(method, context, streaming)
+                async with self._guarded(method, context, streaming):
                     async for response in behaviour(request, context):
                         yield response
-                except Exception as exc:  # noqa: BLE001 - mapped below
-                    await self._abort(exc, context, method)
-                finally:
-                    if grant is not None:
-                        grant.release()
             return stream_wrapper
 
         async def call_wrapper(request, context):
-            grant = None
-            try:
-                grant = self._authorize(method, context, streaming)
+            async with self._guarded(method, context, streaming):
                 result = behaviour(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            except Exception as exc:  # noqa: BLE001 - mapped below
-                await self._abort(exc, context, method)
-            finally:
-                if grant is not None:
-                    grant.release()
+                return await result if inspect.isawaitable(result) else result
         return call_wrapper
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, method: str, context: aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
+        """Authorise the call before any work, map what escapes the handler to a status, and give the
+        token's grant back however the call ends."""
+        grant = None
+        try:
+            grant = self._authorize(method, context, streaming)
+            yield
+        except Exception as exc:  # noqa: BLE001 - mapped by _abort
+            await self._abort(exc, context, method)
+        finally:
+            if grant is not None:
+                grant.release()
 
     def _authorize(self, method: str, context: aio.ServicerContext, streaming: bool) -> Grant | None:
         """The call's grant (None without auth); raises Unauthenticated/PermissionDenied before any work."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -67,8 +67,7 @@ class StreamSummary:
 class _Utterance:
     start_s: float  # source time of its speech onset
     onset_wall: float  # when that audio arrived
-    first_text_sent: bool = False
-    first_audio_sent: bool = False
+    firsts_sent: set[str] = field(default_factory=set)  # "text", "audio": already observed for it
 
 
 @dataclass(eq=False)  # identity: live reports are kept in a set
@@ -128,23 +127,26 @@ class StreamReport:
         self.output_lags_s.append(lag)
         if self.sink is not None:
             self.sink.observe_output_lag(lag)
-        utt = self.utterance
-        if utt is not None and not utt.first_text_sent and event.start_s >= utt.start_s - 1e-6:
-            utt.first_text_sent = True
-            latency = max(0.0, now - utt.onset_wall)
-            self.first_text_latencies_s.append(latency)
-            if self.sink is not None:
-                self.sink.observe_first_text(latency)
+        self._first_of_utterance("text", event.start_s, now, self.first_text_latencies_s,
+                                 self.sink.observe_first_text if self.sink is not None else None)
 
     def _spoken(self, event: SpeechSegment, now: float) -> None:
         self.playback_end_wall = max(self.playback_end_wall, now) + event.duration_s
+        self._first_of_utterance("audio", event.start_s, now, self.first_audio_latencies_s,
+                                 self.sink.observe_first_audio if self.sink is not None else None)
+
+    def _first_of_utterance(self, what: str, start_s: float, now: float, series: list[float],
+                            observe: Callable[[float], None] | None) -> None:
+        """The current utterance's first ``what`` (text or audio) was sent at ``now``: record its latency once.
+        Output of an earlier utterance (its span starts before this onset) does not count."""
         utt = self.utterance
-        if utt is not None and not utt.first_audio_sent and event.start_s >= utt.start_s - 1e-6:
-            utt.first_audio_sent = True
-            latency = max(0.0, now - utt.onset_wall)
-            self.first_audio_latencies_s.append(latency)
-            if self.sink is not None:
-                self.sink.observe_first_audio(latency)
+        if utt is None or what in utt.firsts_sent or start_s < utt.start_s - 1e-6:
+            return
+        utt.firsts_sent.add(what)
+        latency = max(0.0, now - utt.onset_wall)
+        series.append(latency)
+        if observe is not None:
+            observe(latency)
 
     # -- live view (read by the metrics collector at scrape time) ---------------------------------
     def lag_s(self, now: float) -> float:
