@@ -4,7 +4,8 @@ Text -> phonemes uses the espeak-ng bridge bundled with ``piper-tts`` (only its
 phonemiser; inference is ours, over ``relais.runtime.ort.create_session``). Phonemes
 -> ids follows Piper's rule: BOS, PAD, then every phoneme's ids each followed by PAD,
 then EOS. One model call per sentence; ``split_sentences`` lets the pipeline speak a
-committed phrase as soon as it is complete.
+committed phrase as soon as it is complete. ``synthesize`` takes a per-call speaking
+rate; ``trim_silence`` cuts the silence the voice pads each call with.
 """
 
 from __future__ import annotations
@@ -202,11 +203,22 @@ class PiperTts:
         return ids
 
     # -- synthesis --------------------------------------------------------------
-    def synthesize_ids(self, ids: list[int]) -> np.ndarray:
+    @property
+    def length_scale(self) -> float:
+        """The voice's speaking rate (its config, else the voice file's inference default)."""
+        return float(self.scales[1])
+
+    def synthesize_ids(self, ids: list[int], length_scale: float | None = None) -> np.ndarray:
+        scales = self.scales
+        if length_scale is not None:
+            if length_scale <= 0:
+                raise ValueError(f"length_scale must be > 0, got {length_scale}")
+            scales = scales.copy()
+            scales[1] = length_scale
         feed = {
             "input": np.array([ids], dtype=np.int64),
             "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": self.scales,
+            "scales": scales,
         }
         if "sid" in self.loaded.input_names:
             sid = self.config.speaker_id if self.config.speaker_id is not None else self.default_speaker_id
@@ -218,19 +230,50 @@ class PiperTts:
         # one at a time must keep a consistent loudness.
         return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
-    def synthesize(self, text: str) -> np.ndarray:
-        """Float32 mono audio at ``sample_rate_hz`` for ``text`` (empty for no speech)."""
+    def synthesize(self, text: str, length_scale: float | None = None) -> np.ndarray:
+        """Float32 mono audio at ``sample_rate_hz`` for ``text`` (empty for no speech).
+        ``length_scale`` overrides the voice's rate for this call (< 1 speaks faster)."""
         gap = np.zeros(self.config.sentence_silence_ms * self.sample_rate_hz // 1000, np.float32)
         parts: list[np.ndarray] = []
         for phonemes in self.phonemize(text):
             if parts and len(gap):
                 parts.append(gap)
-            parts.append(self.synthesize_ids(self.phoneme_ids(phonemes)))
+            parts.append(self.synthesize_ids(self.phoneme_ids(phonemes), length_scale))
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def synthesize_sentences(self, text: str) -> list[SpeechChunk]:
         """One chunk per sentence of ``text``, each synthesised on its own."""
         return [SpeechChunk(s, self.synthesize(s), self.sample_rate_hz) for s in split_sentences(text)]
+
+
+def speech_bounds(audio: np.ndarray, sample_rate_hz: int, *, threshold_db: float = -40.0, frame_s: float = 0.01,
+                  margin_s: float = 0.03) -> tuple[int, int]:
+    """Sample range [start, end) of ``audio`` from ``margin_s`` before its first frame to ``margin_s``
+    after its last frame whose RMS is within ``threshold_db`` of the loudest frame's. The whole
+    range when nothing is louder than silence."""
+    frame = max(1, round(frame_s * sample_rate_hz))
+    n = len(audio) // frame
+    if n == 0:
+        return 0, len(audio)
+    frames = audio[: n * frame].astype(np.float64).reshape(n, frame)
+    if len(audio) > n * frame:  # the short last frame counts too
+        tail = audio[n * frame:].astype(np.float64)
+        rms = np.append(np.sqrt((frames ** 2).mean(axis=1)), np.sqrt((tail ** 2).mean()))
+    else:
+        rms = np.sqrt((frames ** 2).mean(axis=1))
+    peak = rms.max()
+    if peak <= 0:
+        return 0, len(audio)
+    loud = np.nonzero(rms >= peak * 10 ** (threshold_db / 20))[0]
+    margin = round(margin_s * sample_rate_hz)
+    return max(0, int(loud[0]) * frame - margin), min(len(audio), (int(loud[-1]) + 1) * frame + margin)
+
+
+def trim_silence(audio: np.ndarray, sample_rate_hz: int, **bounds) -> np.ndarray:
+    """``audio`` without its leading and trailing silence (Piper pads every call), keeping a
+    margin so soft consonants survive (``speech_bounds``); never empty unless ``audio`` is."""
+    start, end = speech_bounds(audio, sample_rate_hz, **bounds)
+    return audio[start:end]
 
 
 def _voice_file(path: Path) -> Path:

