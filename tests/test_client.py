@@ -320,3 +320,61 @@ def test_translate_bad_target_language_is_invalid_argument(models_env, tmp_path,
     assert "error: INVALID_ARGUMENT: target_language 'xx' is not supported" in err
     assert "Traceback" not in err
     assert not (tmp_path / "x.wav").exists()
+
+
+# --- pacing: each chunk leaves when its last sample exists --------------------------------------
+
+def test_send_schedule_is_the_end_of_each_chunk():
+    from relais.client.stream import send_schedule
+
+    assert send_schedule([1600, 1600, 1600], 16000, 1.0) == pytest.approx([0.1, 0.2, 0.3])
+    assert send_schedule([1600, 800], 16000, 1.0) == pytest.approx([0.1, 0.15])  # a short last chunk
+    assert send_schedule([1600, 1600], 16000, 2.0) == pytest.approx([0.05, 0.1])
+    assert send_schedule([1600, 1600], 16000, 0.0) == [0.0, 0.0]  # as fast as possible
+
+
+class _EchoTranslator(pb_grpc.SpeechTranslatorServicer):
+    """Answers every audio chunk at once with a partial text; records when each chunk arrived."""
+
+    def __init__(self):
+        self.arrivals: list[float] = []
+
+    def Translate(self, request_iterator, context):
+        received_s = 0.0
+        for request in request_iterator:
+            if request.WhichOneof("request") != "audio":
+                continue
+            self.arrivals.append(time.monotonic())
+            received_s += len(request.audio.data) / 2 / 16000
+            yield pb.TranslateResponse(text=pb.TextEvent(
+                kind=pb.TextEvent.TRANSLATION_PARTIAL, text=f"chunk {len(self.arrivals) - 1}",
+                source_span=pb.TimeSpan(start_s=0.0, end_s=received_s),
+                emitted=pb.Emission(source_received_s=received_s)))
+
+
+def test_realtime_pacing_sends_each_chunk_at_its_end_and_times_from_stream_start():
+    """Against a real gRPC server: chunk i leaves at (i + 1) * 100 ms after stream time 0, never before, and
+    arrival times count from stream time 0 (an answer to chunk i cannot arrive before (i + 1) * 100 ms)."""
+    servicer = _EchoTranslator()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_SpeechTranslatorServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with TranslateClient(f"127.0.0.1:{port}") as client:
+            result = client.translate_audio(np.zeros(16000, np.int16), 16000,
+                                            TranslateOptions(target_language="en", speed=1.0, chunk_ms=100))
+    finally:
+        server.stop(None)
+    sent = result.timings.chunks_sent
+    assert [c.source_end_s for c in sent] == pytest.approx([0.1 * (i + 1) for i in range(10)])
+    assert all(c.sent_s >= c.source_end_s - 0.002 for c in sent), sent  # never before its last sample exists
+    assert all(c.sent_s < c.source_end_s + 0.15 for c in sent), sent  # and on time (loaded 2-core machine)
+    assert result.timings.send_wall_s == pytest.approx(sent[-1].sent_s) and result.timings.send_wall_s >= 0.998
+    # the server saw them paced 100 ms apart, not in a burst
+    assert servicer.arrivals[-1] - servicer.arrivals[0] == pytest.approx(0.9, abs=0.12)
+    partials = [t for t in result.texts if t.kind == "translation_partial"]
+    assert len(partials) == 10
+    for i, t in enumerate(partials):
+        assert t.text == f"chunk {i}"
+        assert t.arrival.arrival_s >= 0.1 * (i + 1) - 0.002 and t.arrival.sent_source_s >= 0.1 * (i + 1) - 1e-9

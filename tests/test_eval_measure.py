@@ -5,6 +5,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from relais.client import Arrival, AudioReceived, ClientResult, ClientTimings, ServerSummary, TextReceived
+from relais.client.results import ChunkSent
 from relais.eval.measure import measure, send_wall_s
 from relais.eval.prometheus import compare, parse_histograms
 from relais.eval.results import summarise
@@ -28,10 +29,12 @@ def _result():
 
 
 def test_send_wall_is_the_send_time_of_the_chunk_holding_the_span_end():
-    assert send_wall_s(1.0, 2.0, 100) == pytest.approx(0.9)  # chunk [0.9, 1.0) completes 1.0
-    assert send_wall_s(1.05, 2.0, 100) == pytest.approx(1.0)
-    assert send_wall_s(5.0, 2.0, 100) == pytest.approx(1.9)  # clamped to the last chunk
-    assert send_wall_s(0.0, 2.0, 100) == 0.0
+    # a chunk leaves when its last sample exists: [0.9, 1.0) at 1.0
+    assert send_wall_s(1.0, 2.0, 100) == pytest.approx(1.0)
+    assert send_wall_s(1.05, 2.0, 100) == pytest.approx(1.1)
+    assert send_wall_s(5.0, 2.0, 100) == pytest.approx(2.0)  # clamped to the last chunk
+    assert send_wall_s(0.0, 2.0, 100) == pytest.approx(0.1)
+    assert send_wall_s(1.97, 1.95, 100) == pytest.approx(1.95)  # a short last chunk leaves at the source end
 
 
 def test_realtime_uses_client_arrival_times():
@@ -43,12 +46,35 @@ def test_realtime_uses_client_arrival_times():
     # speech: 1.8-2.8, then emitted at 3.5 -> gap 0.7, ends 4.0 -> EndOffset 2.0
     assert f.start_offset_s == 1.8 and f.end_offset_s == pytest.approx(2.0)
     assert (f.discontinuities, f.discontinuity_s) == (1, pytest.approx(0.7))
-    # lags (non-empty finals only): 1.5 - 0.9 and 2.6 - 1.9
-    assert [p.lag_s for p in f.lags] == pytest.approx([0.6, 0.7])
+    # lags (non-empty finals only), from the scheduled sends of chunks ending 1.0 and 2.0: 1.5 - 1.0, 2.6 - 2.0
+    assert [p.lag_s for p in f.lags] == pytest.approx([0.5, 0.6])
     assert f.lag_slope is None  # two points over 1 s: no drift estimate
     assert f.rtf == 0.4 and f.client_wall_rtf == pytest.approx(1.8)
-    # onset on the server clock: 1.75 - 1.25 = 0.5; first audio arrived at 1.8 -> 1.3 from onset
-    assert f.client_first_audio_from_onset_s == pytest.approx(1.3)
+    # onset on the server clock: 1.75 - 1.25 = 0.5, i.e. 0.6 on the client clock (the server's starts when
+    # the first chunk arrives, scheduled at 0.1); first audio arrived at 1.8 -> 1.2 from onset
+    assert f.client_first_audio_from_onset_s == pytest.approx(1.2)
+
+
+def test_realtime_lag_uses_the_recorded_send_times_when_there_are_some():
+    r = _result()
+    # chunks of 0.5 s that left late (jitter): the span ending 1.0 left at 1.2, the one ending 1.95 at 2.05
+    r.timings.chunks_sent = [ChunkSent(0.5, 0.55), ChunkSent(1.0, 1.2), ChunkSent(1.5, 1.6), ChunkSent(2.0, 2.05)]
+    f = measure(r, "u", 2.0, "realtime", chunk_ms=500)
+    assert [p.lag_s for p in f.lags] == pytest.approx([1.5 - 1.2, 2.6 - 2.05])
+    assert f.client_first_audio_from_onset_s == pytest.approx(1.8 - (0.5 + 0.55))
+    assert f.timeline.chunk_sent_s == [0.55, 1.2, 1.6, 2.05]
+
+
+def test_timeline_keeps_every_response_in_arrival_order():
+    r = _result()
+    r.events.insert(0, _text("hel", 0.5, 0.7, 0.6, kind="translation_partial"))
+    events = measure(r, "u", 2.0, "realtime").timeline.events
+    assert [e.kind for e in events] == ["translation_partial", "translation_final", "translation_final",
+                                        "translation_final", "audio", "audio"]
+    partial, audio = events[0], events[4]
+    assert (partial.text, partial.arrival_s, partial.source_received_s, partial.duration_s) == ("hel", 0.7, 0.6, None)
+    assert (audio.arrival_s, audio.source_received_s, audio.duration_s, audio.emitted_wall_s) == (1.8, 1.2, 1.0, 1.75)
+    assert events[2].text == ""  # an empty final is kept as received
 
 
 def test_simulated_uses_server_source_stamps():
@@ -91,7 +117,8 @@ def test_results_write_every_section(tmp_path):
 
     from relais.eval.report import markdown, write
     from relais.eval.results import (ConcurrencyLevel, EvalResults, MemorySample, OfflineResults, OfflineRow,
-                                     OfflineSummary, Quality, RunMeta, max_concurrency_under, memory_summary)
+                                     OfflineSummary, Quality, RunMeta, max_concurrency_under, memory_summary,
+                                     streamed_vs_offline)
 
     f = measure(_result(), "u", 2.0, "realtime", reference="hello there my world")
     levels = [ConcurrencyLevel(1, 1, 0, 0.5, 0.7, 0.4, 1.8, 1.8, 4.0), ConcurrencyLevel(2, 1, 0, 0.9, 3.5, 0.4, 2.0, 2.0, 5.0)]
@@ -101,19 +128,31 @@ def test_results_write_every_section(tmp_path):
                              [OfflineRow("u", "hello world", "", "hello there my world", 1.5)], "whole utterance")
     results = EvalResults(meta, summarise([f]), [f], {"v": "RpcError: boom"},
                           memory_summary([MemorySample(0.0, 400 * 2**20), MemorySample(60.0, 460 * 2**20)]),
-                          compare(None, None), offline, levels, 3.0, max_concurrency_under(levels, 3.0))
+                          compare(None, None), offline, levels, 3.0, max_concurrency_under(levels, 3.0),
+                          streamed_vs_offline([f], offline))
     write(results, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
     reference = json.loads((docs / "eval-fr_en_dev-realtime" / "results.json").read_text())
-    assert set(data) == set(reference)
+    # the recorded runs' keys are all still there; new ones are additions
+    assert set(data) - set(reference) <= {"bleu_streamed_minus_offline"} and set(data) >= set(reference)
     assert set(data["summary"]) >= set(reference["summary"]) - {"asr_chrf"} and data["summary"]["concurrency"] == 1
-    assert set(data["utterances"][0]) == set(reference["utterances"][0])
+    assert set(data["utterances"][0]) - set(reference["utterances"][0]) == {"timeline"}
+    assert set(data["utterances"][0]) >= set(reference["utterances"][0])
+    timeline = data["utterances"][0]["timeline"]
+    assert len(timeline["events"]) == 5 and timeline["events"][3]["kind"] == "audio"
+    assert timeline["events"][3]["duration_s"] == 1.0 and timeline["events"][0]["text"] == "hello there"
+    assert data["meta"]["latency_overrides"] == {}
+    diff = data["bleu_streamed_minus_offline"]
+    assert diff["n_utterances"] == 1 and diff["n_resamples"] == 1000 and diff["bleu_b"] == pytest.approx(0.0)
+    assert diff["difference"] == pytest.approx(diff["bleu_a"]) and "excludes_zero" in diff
     assert set(data["offline"]) == set(reference["offline"]) and data["offline"]["summary"]["bleu"] == 10.0
     assert set(data["concurrency"][0]) == set(reference["concurrency"][0]) and data["max_concurrency_under_bound"] == 1
     assert data["memory"]["samples"] == [[0.0, 400.0], [60.0, 460.0]] and data["memory"]["rss_slope_mb_per_min"] == 60
     text = markdown(results)
     assert "| streamed |" in text and "| offline (same models) | 10.0 |" in text and "largest N within it: **1**" in text
+    assert "BLEU streamed − offline: " in text and "paired bootstrap, 1000 resamples of 1 utterances" in text
+    assert "latency balanced ·" in text
     assert "400 -> 460 MB" in text
     assert {p.name for p in tmp_path.glob("*.png")} == {"latency_per_utterance.png", "memory_over_time.png",
                                                         "lag_vs_concurrency.png"}

@@ -5,6 +5,11 @@ Each server response becomes one event (:func:`response_event`): ``SessionInfo``
 client's :class:`Arrival` stamp. ``ClientResult`` holds them in arrival order, the
 output audio placed at each chunk's ``output_start_s`` (:func:`assemble_audio`) and
 the client's own timings.
+
+The client's clock starts at stream time 0: the moment the first source sample
+would start existing. In real time a chunk is sent when its last sample exists
+(chunk ``i`` of ``c`` seconds at ``(i + 1) * c / speed``), so arrival times are
+delays from the start of the source, as a listener beside the speaker would see them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ log = logging.getLogger(__name__)
 class Arrival:
     """When the client received a response."""
 
-    arrival_s: float  # wall seconds since the first audio chunk was sent
+    arrival_s: float  # wall seconds since stream time 0 (the first source sample)
     sent_source_s: float  # seconds of source audio sent by then
 
 
@@ -90,13 +95,22 @@ class ServerSummary:
 ClientEvent = SessionInfo | TextReceived | AudioReceived | ServerSummary
 
 
+@dataclass(frozen=True)
+class ChunkSent:
+    """One audio chunk handed to gRPC."""
+
+    source_end_s: float  # source seconds sent with it (the end of the chunk)
+    sent_s: float  # wall seconds since stream time 0
+
+
 @dataclass
 class ClientTimings:
     audio_in_s: float = 0.0  # source audio sent
-    send_wall_s: float = 0.0  # first to last chunk sent
-    total_wall_s: float = 0.0  # first chunk sent to the end of the response stream
+    send_wall_s: float = 0.0  # stream time 0 to the last chunk sent
+    total_wall_s: float = 0.0  # stream time 0 to the end of the response stream
     first_text_arrival_s: float | None = None  # first final translation text
     first_audio_arrival_s: float | None = None
+    chunks_sent: list[ChunkSent] = field(default_factory=list)  # every audio chunk, in order
 
     @property
     def client_rtf(self) -> float:

@@ -2,9 +2,12 @@
 
 A sender thread paces PCM_S16LE chunks of ``chunk_ms`` at ``speed`` x real time
 (0 = as fast as possible) while the calling thread receives responses, so output
-arrives while audio is still being sent. Every response is stamped on arrival with
-the wall seconds since the first audio chunk was handed to gRPC, and with the
-seconds of source audio sent by then. gRPC failures propagate as ``grpc.RpcError``.
+arrives while audio is still being sent. Stream time 0 is when gRPC asks for the first
+audio chunk (the call is open and the config sent): the first source sample starts to
+exist then, and each chunk is sent once its LAST sample exists (:func:`send_schedule`),
+as a microphone would deliver it. Every response is stamped on arrival with the wall
+seconds since stream time 0 and with the seconds of source audio sent by then.
+gRPC failures propagate as ``grpc.RpcError``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import numpy as np
 
 from relais.audio.files import read_pcm16
 from relais.audio.pcm import as_pcm16, pcm16_to_float
-from relais.client.results import (Arrival, AudioReceived, ClientEvent, ClientResult, ClientTimings, assemble_audio,
-                                   response_event)
+from relais.client.results import (Arrival, AudioReceived, ChunkSent, ClientEvent, ClientResult, ClientTimings,
+                                   assemble_audio, response_event)
 from relais.client.tls import ClientTls, open_channel
 from relais.v1 import translator_pb2 as pb
 from relais.v1 import translator_pb2_grpc as pb_grpc
@@ -59,13 +62,20 @@ class TranslateOptions:
 
 
 class _Clock:
-    """Wall seconds since the first audio chunk was handed to gRPC, and source seconds sent."""
+    """Wall seconds since stream time 0, source seconds sent, and when each chunk was sent."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.t0: float | None = None
         self.sent_source_s = 0.0
         self.last_sent_s = 0.0
+        self.chunks: list[ChunkSent] = []
+
+    def start(self) -> float:
+        """Stream time 0: now."""
+        with self._lock:
+            self.t0 = time.monotonic()
+            return self.t0
 
     def sent(self, source_s: float) -> None:
         with self._lock:
@@ -74,11 +84,24 @@ class _Clock:
                 self.t0 = now
             self.sent_source_s += source_s
             self.last_sent_s = now - self.t0
+            self.chunks.append(ChunkSent(self.sent_source_s, self.last_sent_s))
 
     def now(self) -> Arrival:
         with self._lock:
             elapsed = 0.0 if self.t0 is None else time.monotonic() - self.t0
             return Arrival(elapsed, self.sent_source_s)
+
+
+def send_schedule(chunk_frames: list[int], rate_hz: int, speed: float) -> list[float]:
+    """When each chunk is due, in wall seconds since stream time 0: once its last sample exists
+    (chunk ``i`` of ``c`` seconds at ``(i + 1) * c / speed``); all at 0 for ``speed`` 0."""
+    if speed <= 0:
+        return [0.0] * len(chunk_frames)
+    due, frames = [], 0
+    for n in chunk_frames:
+        frames += n
+        due.append(frames / rate_hz / speed)
+    return due
 
 
 class _Sender:
@@ -94,6 +117,7 @@ class _Sender:
         self._clock = clock
         self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="relais-client-sender", daemon=True)
 
     def start(self) -> None:
@@ -113,20 +137,22 @@ class _Sender:
         return False
 
     def _run(self) -> None:
-        started = time.monotonic()
-        source_s = 0.0
-        for chunk in self._chunks:
-            if self._speed > 0:
-                delay_s = started + source_s / self._speed - time.monotonic()
-                if delay_s > 0 and self._stop.wait(delay_s):
-                    return
+        while not self._ready.wait(0.1):  # until gRPC asks for the first audio chunk
+            if self._stop.is_set():
+                return
+        started = self._clock.start()
+        due = send_schedule([len(c) for c in self._chunks], self._rate_hz, self._speed)
+        for chunk, due_s in zip(self._chunks, due):
+            delay_s = started + due_s - time.monotonic()
+            if delay_s > 0 and self._stop.wait(delay_s):
+                return
             if not self._put(chunk):
                 return
-            source_s += len(chunk) / self._rate_hz
         self._put(_END)
 
     def requests(self) -> Iterator[pb.TranslateRequest]:
         yield pb.TranslateRequest(config=self._config)
+        self._ready.set()  # gRPC wants the next message: stream time 0
         while not self._stop.is_set():
             try:
                 item = self._queue.get(timeout=0.1)
@@ -234,4 +260,4 @@ def _timings(result: ClientResult, clock: _Clock, end: Arrival) -> ClientTimings
     return ClientTimings(
         audio_in_s=clock.sent_source_s, send_wall_s=clock.last_sent_s, total_wall_s=end.arrival_s,
         first_text_arrival_s=finals[0].arrival.arrival_s if finals else None,
-        first_audio_arrival_s=chunks[0].arrival.arrival_s if chunks else None)
+        first_audio_arrival_s=chunks[0].arrival.arrival_s if chunks else None, chunks_sent=list(clock.chunks))

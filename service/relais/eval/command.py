@@ -4,6 +4,7 @@
     relais eval --manifest M.tsv --server host:50051 --metrics-url http://host:9090/metrics --mode simulated
     relais eval --manifest M.tsv --concurrency 1,2,4 --lag-bound-s 3       # lag / RTF vs simultaneous streams
     relais eval --manifest ../shared/eval/fr_longform/manifest.tsv --longform  # lag drift, memory over time
+    relais eval --manifest M.tsv --latency balanced --profile policy=alignatt,step_s=0.5  # profile overrides
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", default="fr", help="source language (default fr; '' = detect)")
     p.add_argument("--to", dest="target", default="en", help="target language (default en)")
     p.add_argument("--latency", choices=LATENCY_CHOICES, default="balanced", help=LATENCY_HELP)
+    p.add_argument("--profile", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                   help="override fields of the --latency profile (relais.pipeline.engine.LatencyProfile, e.g. "
+                        "step_s=0.5,phrase_max_words=4) in the in-process server; repeatable")
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
     p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
@@ -62,9 +66,64 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _coerce(key: str, text: str, current):
+    """``text`` as the type of the profile's current value (bool, int, float, str); a literal guess without one."""
+    kind = type(current)
+    try:
+        if kind is bool or (current is None and text.lower() in ("true", "false")):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+        for guess in (int, float):
+            try:
+                return guess(text)
+            except ValueError:
+                continue
+        return text
+    except ValueError:
+        raise ValueError(f"--profile {key}: expected {kind.__name__}, got {text!r}") from None
+
+
+def parse_profile(items: list[str] | str, latency_mode: str = "balanced") -> dict:
+    """``["step_s=0.5,policy=alignatt", ...]`` -> ``{"step_s": 0.5, "policy": "alignatt"}``: keys are
+    fields of the ``latency_mode`` LatencyProfile, values take the type of that profile's value."""
+    from dataclasses import fields
+
+    from relais.pipeline.engine import LATENCY_PROFILES, LatencyProfile
+
+    profile = LATENCY_PROFILES[latency_mode]
+    known = [f.name for f in fields(LatencyProfile) if f.name != "name"]
+    out: dict = {}
+    for item in [items] if isinstance(items, str) else items:
+        for pair in (p.strip() for p in item.split(",")):
+            if not pair:
+                continue
+            key, sep, value = (x.strip() for x in pair.partition("="))
+            if not sep or not key or not value:
+                raise ValueError(f"--profile takes key=value pairs, got {pair!r}")
+            if key not in known:
+                raise ValueError(f"--profile: {key!r} is not a latency profile field (known: {', '.join(known)})")
+            out[key] = _coerce(key, value, getattr(profile, key))
+    if out and hasattr(profile, "with_overrides"):  # the engine's own checks (ranges, policy names)
+        try:
+            profile.with_overrides(out)
+        except ValueError as exc:
+            raise ValueError(f"--profile: {exc}") from None
+    return out
+
+
 def run(args) -> int:
     try:
         levels = _levels(args.concurrency)
+        overrides = parse_profile(args.profile, args.latency)
+        if overrides and args.server is not None:
+            raise ValueError("--profile changes the in-process server's engine; a running --server keeps its own")
         utts = read_manifest(args.manifest)[: args.limit or None]
         if not utts:
             raise ValueError(f"{args.manifest} lists no utterances")
@@ -74,7 +133,13 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    results = evaluate(args, utts, levels)
+    from relais.eval.runner import ProfileError
+
+    try:
+        results = evaluate(args, utts, levels, overrides)
+    except ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from relais.eval.report import markdown, write
 
     written = write(results, args.out)
@@ -83,12 +148,12 @@ def run(args) -> int:
     return 0 if results.summary.n_failed == 0 else 1
 
 
-def evaluate(args, utts: list[Utterance], levels: list[int]) -> EvalResults:
+def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | None = None) -> EvalResults:
     from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
     from relais.eval.measure import measure
     from relais.eval.prometheus import compare
     from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
-                                     summarise)
+                                     streamed_vs_offline, summarise)
     from relais.eval.runner import MemorySampler, options_for, scrape, start_server, stream_all
 
     need_engine = not args.no_offline and any(u.reference for u in utts)
@@ -96,14 +161,14 @@ def evaluate(args, utts: list[Utterance], levels: list[int]) -> EvalResults:
         print("starting an in-process server (loading models)...", file=sys.stderr, flush=True)
     sut = start_server(args.server, models_dir=args.models, metrics_url=args.metrics_url,
                        server_pid=args.server_pid, load_engine=need_engine,
-                       max_sessions=max(8, max(levels)))
+                       max_sessions=max(8, max(levels)), latency_overrides=overrides or None)
     options = options_for(args.mode, source_language=args.source, target_language=args.target,
                           latency_mode=args.latency)
     meta = RunMeta(
         manifest=str(args.manifest), date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=machine(), server=args.server or f"in-process ({sut.address})", mode=args.mode,
         latency_mode=args.latency, source_language=args.source, target_language=args.target,
-        chunk_ms=options.chunk_ms, longform=args.longform,
+        chunk_ms=options.chunk_ms, longform=args.longform, latency_overrides=dict(overrides or {}),
         command="relais " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
         memory_source=("RSS of this process (the in-process server, plus the eval client and models it loaded)"
                        if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),
@@ -145,4 +210,5 @@ def evaluate(args, utts: list[Utterance], levels: list[int]) -> EvalResults:
         errors={r.utterance.id: r.error for r in main_batch.runs if r.error}, memory=memory_summary(memory),
         prometheus_vs_client=prom, offline=offline, concurrency=sweep,
         lag_bound_s=args.lag_bound_s if sweep else None,
-        max_concurrency_under_bound=max_concurrency_under(sweep, args.lag_bound_s) if sweep else None)
+        max_concurrency_under_bound=max_concurrency_under(sweep, args.lag_bound_s) if sweep else None,
+        bleu_difference=streamed_vs_offline(main_figs, offline, args.target))

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from relais.eval.results import EvalResults
+from relais.eval.scores import BleuDifference
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,25 @@ def _clock(mode: str) -> str:
     return "computation-unaware: server source_received_s, audio as fast as possible"
 
 
+def latency_label(mode: str, overrides: dict) -> str:
+    """``balanced``, or ``balanced + policy=alignatt, step_s=0.5`` with --profile overrides."""
+    return mode + (" + " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else "")
+
+
+def bleu_difference_line(d: BleuDifference) -> str:
+    verdict = ("the interval excludes 0" if d.excludes_zero
+               else "the interval includes 0: no significant difference")
+    return (f"BLEU streamed − offline: {d.difference:+.1f} (bootstrap mean {d.mean_difference:+.1f}, "
+            f"{d.confidence:.0%} CI {d.ci_low:+.1f} to {d.ci_high:+.1f}; paired bootstrap, {d.n_resamples} "
+            f"resamples of {d.n_utterances} utterances, seed {d.seed}): {verdict}")
+
+
 def markdown(results: EvalResults) -> str:
     s, q, meta = results.summary, results.summary.quality, results.meta
     lines = [f"# relais eval: {meta.manifest}", "",
              f"{meta.date} · {meta.machine} · server {meta.server} · mode **{meta.mode}** ({_clock(meta.mode)})"
-             f" · latency {meta.latency_mode} · ASR for ASR-BLEU: {meta.asr_model or '–'}", "",
+             f" · latency {latency_label(meta.latency_mode, meta.latency_overrides)}"
+             f" · ASR for ASR-BLEU: {meta.asr_model or '–'}", "",
              "| | BLEU | ASR-BLEU | chrF | StartOffset (s) | EndOffset (s) | AL (s) | LAAL (s) | first text (s) | "
              "RTF | lag p50 (s) | lag p95 (s) | n |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
              f"| streamed | {_f(q.bleu, 1)} | {_f(q.asr_bleu, 1)} | {_f(q.chrf, 1)} | "
@@ -37,6 +52,8 @@ def markdown(results: EvalResults) -> str:
         off = results.offline.summary
         lines.append(f"| offline (same models) | {_f(off.quality.bleu, 1)} | {_f(off.quality.asr_bleu, 1)} | "
                      f"{_f(off.quality.chrf, 1)} | – | – | – | – | – | {_f(off.rtf)} | – | – | {off.n_utterances} |")
+    if results.bleu_difference is not None:
+        lines += ["", bleu_difference_line(results.bleu_difference)]
     lines += ["", f"AP {_f(s.ap, 3)} · DAL {_f(s.dal_s)} s · ATD text {_f(s.atd_text_s)} s · "
                   f"ATD speech {_f(s.atd_speech_s)} s · discontinuities {_f(s.discontinuities, 1)} per "
                   f"utterance, {_f(s.discontinuity_s)} s · source WER {_f(q.source_wer, 3)} · "

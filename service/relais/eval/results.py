@@ -2,7 +2,9 @@
 whole run (:class:`EvalResults`), written as results.json by :meth:`EvalResults.to_dict`.
 
 Summaries pool every utterance of a run: quality over the utterances with a reference,
-means of the per-utterance latency figures, percentiles of every lag event.
+means of the per-utterance latency figures, percentiles of every lag event. The BLEU
+difference streamed - offline comes with a paired bootstrap interval over the
+utterances both have (:func:`streamed_vs_offline`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from relais.eval.latency import linear_slope, percentile
 from relais.eval.measure import UtteranceFigures
 from relais.eval.prometheus import MetricComparison
-from relais.eval.scores import bleu, chrf, normalise, normalise_en, wer
+from relais.eval.scores import BleuDifference, bleu, chrf, normalise, normalise_en, paired_bootstrap_bleu, wer
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,21 @@ class OfflineResults:
                 "what": self.what}
 
 
+def streamed_vs_offline(figs: list[UtteranceFigures], offline: OfflineResults | None, target_language: str = "en",
+                        n_resamples: int = 1000, seed: int = 12345) -> BleuDifference | None:
+    """BLEU streamed - offline with its paired bootstrap 95 % interval, over the utterances with a reference
+    that both runs translated (same normaliser and scorer as :func:`quality`)."""
+    if offline is None:
+        return None
+    norm = normalise_en if target_language == "en" else normalise
+    rows = {r.id: r for r in offline.utterances}
+    pairs = [(f, rows[f.id]) for f in figs if f.reference and f.id in rows]
+    if not pairs:
+        return None
+    return paired_bootstrap_bleu([f.translation for f, _ in pairs], [r.translation for _, r in pairs],
+                                 [f.reference for f, _ in pairs], norm, n_resamples=n_resamples, seed=seed)
+
+
 @dataclass(frozen=True)
 class RunMeta:
     manifest: str
@@ -208,6 +225,7 @@ class RunMeta:
     memory_source: str | None
     normalisation: str
     asr_model: str | None = None  # "path (precision)" when ASR-BLEU was scored
+    latency_overrides: dict = field(default_factory=dict)  # --profile: LatencyProfile fields over latency_mode
 
 
 @dataclass
@@ -222,11 +240,14 @@ class EvalResults:
     concurrency: list[ConcurrencyLevel] = field(default_factory=list)  # a sweep: more than one level
     lag_bound_s: float | None = None
     max_concurrency_under_bound: int | None = None
+    bleu_difference: BleuDifference | None = None  # streamed - offline, paired bootstrap
 
     def to_dict(self) -> dict:
         out: dict = {"meta": asdict(self.meta)}
         if self.offline is not None:
             out["offline"] = self.offline.to_dict()
+        if self.bleu_difference is not None:
+            out["bleu_streamed_minus_offline"] = self.bleu_difference.to_dict()
         out.update(summary=self.summary.to_dict(), utterances=[f.to_dict() for f in self.utterances],
                    errors=dict(self.errors))
         if len(self.concurrency) > 1:

@@ -119,14 +119,35 @@ class ServerUnderTest:
             self.in_process.close()
 
 
+class ProfileError(ValueError):
+    """--profile overrides the engine cannot take."""
+
+
+def engine_config(models_dir=None, latency_overrides: dict | None = None):
+    """The in-process engine's config; ``latency_overrides`` (LatencyProfile fields) go on top of every profile."""
+    from dataclasses import fields
+
+    from relais.pipeline.engine import EngineConfig
+
+    if not latency_overrides:
+        return EngineConfig(models_dir=models_dir)
+    if "latency_overrides" not in {f.name for f in fields(EngineConfig)}:
+        raise ProfileError("--profile: this server build has no EngineConfig.latency_overrides")
+    try:
+        return EngineConfig(models_dir=models_dir, latency_overrides=dict(latency_overrides))
+    except (TypeError, ValueError) as exc:
+        raise ProfileError(f"--profile: {exc}") from exc
+
+
 def start_server(address: str | None, *, models_dir=None, metrics_url: str | None = None, server_pid: int | None = None,
-                 load_engine: bool = False, max_sessions: int = 8) -> ServerUnderTest:
+                 load_engine: bool = False, max_sessions: int = 8,
+                 latency_overrides: dict | None = None) -> ServerUnderTest:
     """``address`` None: load the models here and serve them in-process; else use the running server."""
     engine = None
     if address is None or load_engine:
-        from relais.pipeline.engine import EngineConfig, TranslationEngine
+        from relais.pipeline.engine import TranslationEngine
 
-        engine = TranslationEngine(EngineConfig(models_dir=models_dir))
+        engine = TranslationEngine(engine_config(models_dir, latency_overrides))
     if address is not None:
         return ServerUnderTest(address, metrics_url, server_pid, None, engine)
     from relais.server.app import start_in_process

@@ -1,0 +1,66 @@
+"""`relais eval --profile key=value,...`: parsing, the engine config it builds, and where it is recorded."""
+
+import dataclasses
+
+import pytest
+
+from relais.cli import main
+from relais.eval.command import parse_profile
+from relais.eval.runner import ProfileError, engine_config
+from relais.pipeline.engine import EngineConfig
+
+HAS_OVERRIDES = "latency_overrides" in {f.name for f in dataclasses.fields(EngineConfig)}
+
+
+def test_pairs_take_the_type_of_the_profile_field():
+    assert parse_profile(["step_s=0.5, phrase_max_words=4", "agreement=3"], "low") == \
+        {"step_s": 0.5, "phrase_max_words": 4, "agreement": 3}
+    got = parse_profile("step_s=2")
+    assert got == {"step_s": 2.0} and isinstance(got["step_s"], float)
+    assert parse_profile([]) == {} and parse_profile(["", " , "]) == {}
+
+
+@pytest.mark.parametrize("items, message", [
+    ("colour=blue", "'colour' is not a latency profile field"),
+    ("name=fast", "'name' is not a latency profile field"),
+    ("step_s", "key=value pairs"),
+    ("step_s=", "key=value pairs"),
+    ("step_s=soon", "step_s: expected float, got 'soon'"),
+    ("agreement=2.5", "agreement: expected int"),
+])
+def test_bad_pairs_are_refused_clearly(items, message):
+    with pytest.raises(ValueError, match=message):
+        parse_profile(items)
+
+
+@pytest.mark.skipif(not HAS_OVERRIDES, reason="EngineConfig has no latency_overrides in this tree")
+def test_the_engine_checks_values_and_receives_the_overrides():
+    with pytest.raises(ValueError, match="--profile: policy must be one of"):
+        parse_profile("policy=fastest")
+    overrides = parse_profile("policy=alignatt,frame_threshold=12")
+    assert engine_config(None, overrides).latency_overrides == {"policy": "alignatt", "frame_threshold": 12}
+    assert engine_config(None, None).latency_overrides == {}
+    with pytest.raises(ProfileError, match="--profile: "):
+        engine_config(None, {"step_s": 99.0})
+
+
+def test_cli_refuses_bad_profiles_before_loading_anything(tmp_path, capsys):
+    manifest = tmp_path / "none.tsv"
+    assert main(["eval", "--manifest", str(manifest), "--profile", "colour=blue"]) == 2
+    assert "error: --profile: 'colour' is not a latency profile field" in capsys.readouterr().err
+    assert main(["eval", "--manifest", str(manifest), "--server", "127.0.0.1:1", "--profile", "step_s=0.5"]) == 2
+    assert "a running --server keeps its own" in capsys.readouterr().err
+
+
+def test_overrides_are_recorded_in_results_json_and_the_markdown_header(tmp_path):
+    import json
+
+    from relais.eval.report import write
+    from relais.eval.results import EvalResults, RunMeta, summarise
+
+    meta = RunMeta("m.tsv", "2026-01-01T00:00:00", "cpu", "in-process", "realtime", "balanced", "fr", "en", 100,
+                   False, None, None, "norm", latency_overrides={"policy": "alignatt", "step_s": 0.5})
+    write(EvalResults(meta, summarise([]), []), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["latency_overrides"] == \
+        {"policy": "alignatt", "step_s": 0.5}
+    assert " · latency balanced + policy=alignatt, step_s=0.5 · " in (tmp_path / "results.md").read_text()
