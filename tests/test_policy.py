@@ -7,6 +7,7 @@ import random
 import pytest
 
 from relais.pipeline.policy import (
+    AlignAttPolicy,
     LocalAgreementPolicy,
     PolicyState,
     SimultaneousPolicy,
@@ -17,6 +18,7 @@ from relais.pipeline.policy import (
 VOCAB = {
     1: " the", 2: " cat", 3: " sa", 4: "t", 5: " on", 6: " un", 7: "believ", 8: "able",
     9: " story", 10: " a", 11: "b", 12: " c", 13: "s", 14: " mat", 15: "ing", 16: " dog",
+    17: ",", 18: ".", 19: " We", 20: " go",
 }  # fmt: skip
 NOISE_BASE = 1000  # ids >= NOISE_BASE: noise tokens; even ids start a word
 
@@ -25,6 +27,10 @@ def is_word_start(token: int) -> bool:
     if token >= NOISE_BASE:
         return token % 2 == 0
     return VOCAB[token].startswith(" ")
+
+
+def is_punctuation(token: int) -> bool:
+    return token < NOISE_BASE and VOCAB[token].strip() in {",", "."}
 
 
 def words(*texts: str) -> list[int]:
@@ -313,3 +319,108 @@ def test_streaming_equals_offline(n: int, stride: int, word_level: bool):
         assert state.committed == target
     policy.flush(state, target[len(state.committed) :])
     assert state.committed == target
+
+
+# ---------------------------------------------------------------------------- stalls
+
+
+def test_punctuation_after_the_agreed_word_does_not_block_the_commit():
+    """The measured stall: " We" agrees, but "," flips to "." -- the cut before the punctuation is a boundary."""
+    strict = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    lenient = LocalAgreementPolicy(n=2, is_word_start=is_word_start, is_punctuation=is_punctuation)
+    first, second = words(" We", ",", " go"), words(" We", ".", " the")
+    for policy, expected in ((strict, []), (lenient, words(" We"))):
+        state = policy.new_state()
+        policy.step(state, first)
+        assert policy.step(state, second) == expected
+    # A half word before punctuation is still never committed: "believ" | "able" stays whole.
+    state = lenient.new_state()
+    lenient.step(state, words(" un", "believ", "able", ","))
+    assert lenient.step(state, words(" un", "believ", "able", ".")) == words(" un", "believ", "able")
+
+
+def test_max_hold_steps_bounds_how_long_a_flipping_prefix_holds_everything():
+    policy = LocalAgreementPolicy(n=2, is_word_start=is_word_start, max_hold_steps=3)
+    state = policy.new_state()
+    # Every hypothesis starts with a different first word: agreement never comes.
+    assert policy.step(state, words(" the", " cat")) == []
+    assert policy.step(state, words(" a", " cat", " sa")) == []
+    assert state.stalled == 2
+    # Third step without a commit: the newest is committed up to its last word, which stays open.
+    assert policy.step(state, words(" dog", " on", " the", " mat")) == words(" dog", " on", " the")
+    assert state.stalled == 0 and state.tail == words(" mat")
+    unbounded = LocalAgreementPolicy(n=2, is_word_start=is_word_start)
+    ustate = unbounded.new_state()
+    for hyp in (words(" the", " cat"), words(" a", " cat", " sa"), words(" dog", " on", " the", " mat")):
+        assert unbounded.step(ustate, hyp) == []
+
+
+# ---------------------------------------------------------------------------- AlignAtt
+
+
+def test_alignatt_commits_the_tokens_before_the_first_one_attending_to_the_audio_end():
+    policy = AlignAttPolicy(frame_threshold=10)
+    assert isinstance(policy, SimultaneousPolicy)
+    state = policy.new_state()
+    # 100 frames of audio: tokens peaking at >= 90 are about audio not fully heard.
+    assert policy.stop_frame(100) == 90
+    assert policy.step(state, [1, 2, 3, 4], peaks=[10, 40, 91, 60], audio_frames=100) == [1, 2]
+    assert state.committed == [1, 2] and state.tail == [3, 4]
+    # Next step: more audio; decoding continues after the committed prefix.
+    assert policy.step(state, [3, 4, 5], peaks=[91, 95, 140], audio_frames=150) == [3, 4]
+    # A peak in the padding (beyond the audio) is a border too.
+    assert policy.step(state, [5], peaks=[170], audio_frames=150) == []
+    assert state.stalled == 1
+    assert policy.flush(state, [5, 6]) == [5, 6]
+    assert state.committed == [1, 2, 3, 4, 5, 6] and state.stalled == 0
+
+
+def test_alignatt_commits_whole_words_only():
+    policy = AlignAttPolicy(frame_threshold=5, is_word_start=is_word_start, is_punctuation=is_punctuation)
+    state = policy.new_state()
+    hyp = words(" the", " un", "believ", "able", " story")
+    # The border falls inside "unbelievable": only " the" can go.
+    assert policy.step(state, hyp, peaks=[3, 8, 20, 30, 31], audio_frames=25) == words(" the")
+    # The border token starts a word: everything before it is whole words.
+    state = policy.new_state()
+    assert policy.step(state, hyp, peaks=[3, 8, 9, 10, 30], audio_frames=25) == words(" the", " un", "believ", "able")
+    # No border: the last word is held (it may still grow).
+    state = policy.new_state()
+    assert policy.step(state, words(" the", " cat"), peaks=[1, 2], audio_frames=100) == words(" the")
+    # ... unless punctuation follows it (the punctuation itself waits).
+    state = policy.new_state()
+    assert policy.step(state, words(" the", " cat", ","), peaks=[1, 2, 3], audio_frames=100) == words(" the", " cat")
+
+
+def test_alignatt_threshold_trades_latency_for_stability():
+    hyp, peaks = list(range(1, 11)), [10 * i for i in range(1, 11)]  # token i attends to frame 10 i
+    committed = [len(AlignAttPolicy(frame_threshold=f).step(AlignAttPolicy().new_state(), hyp, peaks, 100))
+                 for f in (0, 10, 30, 60)]
+    assert committed == [9, 8, 6, 3]  # a larger threshold commits less of the same hypothesis
+
+
+def test_alignatt_needs_a_peak_per_token():
+    policy = AlignAttPolicy()
+    with pytest.raises(ValueError, match="attention peak per token"):
+        policy.step(policy.new_state(), [1, 2, 3], peaks=[], audio_frames=50)
+    with pytest.raises(ValueError, match="frame_threshold"):
+        AlignAttPolicy(frame_threshold=-1)
+
+
+def test_alignatt_streaming_equals_offline_on_a_growing_audio_oracle():
+    """Token i is about frames up to 10 i; its attention peaks there once heard. Whatever the
+    step, AlignAtt commits a prefix of the final text and never a token whose audio is unheard."""
+    rng = random.Random(7)
+    target = [rng.randint(1, len(VOCAB)) for _ in range(30)]
+    for stride in (3, 10, 25):
+        policy = AlignAttPolicy(frame_threshold=10)
+        state = policy.new_state()
+        for frames in range(stride, 10 * len(target) + 1, stride):
+            start = len(state.committed)
+            tail = target[start:]
+            peaks = [min(10 * (start + i + 1), frames + 5) for i in range(len(tail))]
+            policy.step(state, tail, peaks, frames)
+            assert state.committed == target[: len(state.committed)]
+            assert all(10 * (i + 1) < frames - 10 + 1 for i in range(len(state.committed)))
+        policy.flush(state, target[len(state.committed):])
+        assert state.committed == target

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from conftest import load_audio, load_manifest
 from relais.eval.scores import normalise, wer
-from relais.pipeline.engine import EngineConfig, TranslationEngine
+from relais.pipeline.engine import LATENCY_PROFILES, EngineConfig, LatencyProfile, TranslationEngine
 from relais.pipeline.events import SpeechSegment, StreamStats, TextKind, TextSegment
 from relais.pipeline.scheduler import ModelScheduler
 
@@ -21,10 +23,13 @@ def engine(model_set):
     return eng
 
 
-def stream(engine, audio: np.ndarray, chunk_s: float, scheduler: ModelScheduler | None = None, **cfg):
+def stream(engine, audio: np.ndarray, chunk_s: float, scheduler: ModelScheduler | None = None,
+           profile: LatencyProfile | None = None, **cfg):
     """Stream ``audio`` in ``chunk_s`` chunks; return the events and the stats folded from them."""
-    session = engine.new_session(engine.session_config(**{"target_language": "en", **cfg}),
-                                 scheduler or ModelScheduler())
+    config = engine.session_config(**{"target_language": "en", **cfg})
+    if profile is not None:
+        config = dataclasses.replace(config, latency=profile)
+    session = engine.new_session(config, scheduler or ModelScheduler())
     step = max(1, int(chunk_s * 16000))
     events = []
     for i in range(0, len(audio), step):
@@ -142,17 +147,15 @@ def test_scheduler_serialises_model_calls_across_threads(engine):
     assert all(a_end <= b_start + 1e-4 for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
 
 
-def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, step_s: float = 1.0) -> str:
+def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, profile: LatencyProfile) -> str:
     """The oracle for streaming == offline: the same schedule (VAD decisions at window ends, a
-    hypothesis every step_s, LocalAgreement-2, utterances cut at max_utterance_s, earlier text as
-    prompt), decoded straight from the whole clip with no stream buffers or stages involved."""
-    from relais.pipeline.policy import LocalAgreementPolicy
-
+    hypothesis every step_s, the profile's policy, utterances cut at max_utterance_s, earlier text
+    as prompt), decoded straight from the whole clip with no stream buffers or stages involved."""
     whisper, vad, cfg = engine.whisper, engine.vad, engine.config
     win = vad.window_samples
-    step = max(win, int(round(step_s * 16000 / win)) * win)
+    step = max(win, int(round(profile.step_s * 16000 / win)) * win)
     tok = whisper.tokenizer
-    policy = LocalAgreementPolicy(2, is_word_start=lambda t: t < tok.eot and tok.token_text(t).startswith(" "))
+    policy = engine.policy(profile)
     vad_state = vad.new_state()
     schedule = [(w.end_sample, w.events) for w in vad.windows(vad_state, audio)]
     tail = vad.flush_window(vad_state)
@@ -169,7 +172,11 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, st
         if language is None:
             language, _ = whisper.detect_language(enc)
         prompt = whisper.prompt("translate", language, previous=context)
-        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed)
+        if final:
+            return whisper.beam_search(enc, prompt + state.committed, profile.beam_size,
+                                       at_start=not state.committed, history=state.committed)
+        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed,
+                              stop_at_frame=policy.stop_frame(whisper.audio_frames(enc)))
 
     def close(end: int) -> None:
         nonlocal context, utt
@@ -194,19 +201,26 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, st
                 utt[1] += step
                 result = decode(utt[0], done, final=False)
                 if result is not None:
-                    policy.step(state, result.tokens)
+                    policy.step(state, result.tokens, result.peaks, result.audio_frames)
     if utt is not None:
         close(schedule[-1][0])
     return " ".join(" ".join(texts).split())
 
 
-@pytest.mark.parametrize("clip_index,language", [(0, None), (1, "fr")])
-def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language):
-    """End to end: a stream in odd-sized chunks commits exactly what an offline decode of the
-    whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the utterance cut)."""
+@pytest.mark.parametrize("clip_index,language,profile", [
+    (0, None, LATENCY_PROFILES["balanced"]),
+    (1, "fr", LATENCY_PROFILES["low"]),
+    (1, "fr", LatencyProfile("alignatt", step_s=0.5, agreement=1, phrase_max_words=6, policy="alignatt",
+                             frame_threshold=10, beam_size=3)),
+    (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0)),
+], ids=["balanced-auto-23s", "low", "alignatt-beam3", "la-hold"])
+def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
+    """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline
+    decode of the whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the
+    utterance cut)."""
     audio = load_audio(load_manifest("fr_en_dev")[clip_index].path)
-    stats, _ = stream(engine, audio, 0.37, source_language=language or "", return_audio=False)
-    expected = offline_on_the_same_grid(engine, audio, language)
+    stats, _ = stream(engine, audio, 0.37, profile=profile, source_language=language or "", return_audio=False)
+    expected = offline_on_the_same_grid(engine, audio, language, profile)
     assert expected
     assert " ".join(stats.translation.split()) == expected
 

@@ -8,6 +8,7 @@ voices), validates stream settings into a ``SessionConfig`` and builds each stre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 
 from relais.errors import InvalidRequest
 from relais.models.manifest import ModelEntry, load_model_set
-from relais.pipeline.policy import LocalAgreementPolicy
+from relais.pipeline.policy import AlignAttPolicy, LocalAgreementPolicy, SimultaneousPolicy
 from relais.pipeline.recognizer import Recognizer, RecognizerSettings
 from relais.pipeline.scheduler import ModelScheduler, StageObserver, StreamCalls
 from relais.pipeline.session import StreamingSession
@@ -30,14 +31,46 @@ from relais.runtime.whisper import WhisperModel
 log = logging.getLogger(__name__)
 
 
+POLICIES = ("local_agreement", "alignatt")
+
+
 @dataclass(frozen=True)
 class LatencyProfile:
-    """The latency/quality knob: how often the policy decides and how long phrases get."""
+    """The latency/quality knob: which policy decides, how often, and how long phrases get."""
 
     name: str
     step_s: float  # decode a new hypothesis every step_s of source audio
     agreement: int  # LocalAgreement-n
     phrase_max_words: int  # speak once this many committed words wait (0: sentence ends only)
+    policy: str = "local_agreement"  # or "alignatt" (needs an export with the alignment output)
+    frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
+    max_hold_s: float = 0.0  # LocalAgreement: force a commit after this long without one (0: never)
+    beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if not 0.1 <= self.step_s <= 10.0:
+            raise ValueError(f"step_s must be within 0.1..10 s, got {self.step_s}")
+        if not 1 <= self.beam_size <= 16:
+            raise ValueError(f"beam_size must be within 1..16, got {self.beam_size}")
+        if self.agreement < 1 or self.phrase_max_words < 0 or self.frame_threshold < 0 or self.max_hold_s < 0:
+            raise ValueError("agreement must be >= 1; phrase_max_words, frame_threshold and max_hold_s >= 0")
+
+    def with_overrides(self, overrides: dict[str, object]) -> LatencyProfile:
+        """A copy with some fields changed (values converted to the field's type); a clear error otherwise."""
+        names = {f.name: f.type for f in dataclasses.fields(self) if f.name != "name"}
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"unknown latency profile key(s) {unknown}; known: {sorted(names)}")
+        converted = {}
+        for key, value in overrides.items():
+            kind = {"float": float, "int": int, "str": str}[str(names[key])]
+            try:
+                converted[key] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"latency profile key {key!r} needs a {names[key]}, got {value!r}") from None
+        return dataclasses.replace(self, **converted)
 
 
 LATENCY_PROFILES = {
@@ -59,9 +92,14 @@ class EngineConfig:
     encoder_pad_s: float = 1.0  # silence appended to the audio the encoder sees
     context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
+    # Changes applied on top of every latency profile (benchmarks and experiments):
+    # {"policy": "alignatt", "step_s": 0.5, ...}; keys are LatencyProfile fields.
+    latency_overrides: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
         check_precision(self.precision, key="models.precision")
+        for profile in LATENCY_PROFILES.values():
+            profile.with_overrides(self.latency_overrides)  # fail at start, not per stream
         if not 2.0 <= self.max_utterance_s <= 28.0:
             raise ValueError(f"max_utterance_s must be within 2..28 s (Whisper sees 30 s), got {self.max_utterance_s}")
 
@@ -179,7 +217,15 @@ class TranslationEngine:
         if not (return_text or return_audio):
             raise InvalidRequest("return_text and return_audio are both false: the stream would return nothing")
         return SessionConfig(source, target, task, voice, self.voice_info[voice].sample_rate_hz if voice else 0,
-                             return_text, return_audio, LATENCY_PROFILES[latency_mode])
+                             return_text, return_audio, self.latency_profile(latency_mode))
+
+    def latency_profile(self, mode: str) -> LatencyProfile:
+        profile = LATENCY_PROFILES[mode].with_overrides(self.config.latency_overrides)
+        if profile.policy == "alignatt" and not self.whisper.has_alignment:
+            log.warning("latency mode %s asks for AlignAtt but %s has no alignment output (exported before it): "
+                        "using LocalAgreement; re-run `relais models prepare`", mode, self.whisper.model_dir)
+            profile = dataclasses.replace(profile, policy="local_agreement")
+        return profile
 
     def _default_voice(self, language: str) -> str:
         for name, info in sorted(self.voice_info.items()):
@@ -197,16 +243,24 @@ class TranslationEngine:
     def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
         """A stream's stages over the shared models, calling them through ``scheduler``."""
         calls = StreamCalls(scheduler)
-        tok = self.whisper.tokenizer
-        policy = LocalAgreementPolicy(n=cfg.latency.agreement,
-                                      is_word_start=lambda t: t < tok.eot and tok.token_text(t).startswith(" "))
+        policy = self.policy(cfg.latency)
         settings = RecognizerSettings(
             task=cfg.task, source_language=cfg.source_language, target_language=cfg.target_language,
             step_s=cfg.latency.step_s, max_utterance_s=self.config.max_utterance_s,
-            encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens)
+            encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens,
+            final_beam_size=cfg.latency.beam_size)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
         speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls) if cfg.return_audio else None
         return StreamingSession(self.vad, recognizer, speaker, calls)
+
+    def policy(self, latency: LatencyProfile) -> SimultaneousPolicy:
+        tok = self.whisper.tokenizer
+        if latency.policy == "alignatt":
+            return AlignAttPolicy(frame_threshold=latency.frame_threshold, is_word_start=tok.is_word_start,
+                                  is_punctuation=tok.is_punctuation)
+        hold = max(1, round(latency.max_hold_s / latency.step_s)) if latency.max_hold_s else None
+        return LocalAgreementPolicy(n=latency.agreement, is_word_start=tok.is_word_start,
+                                    is_punctuation=tok.is_punctuation, max_hold_steps=hold)
 
     def warm_up(self) -> None:
         """One pass through every model so the first stream pays no start-up cost."""

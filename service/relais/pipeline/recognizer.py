@@ -42,6 +42,7 @@ class RecognizerSettings:
     encoder_pad_s: float  # silence appended to the audio the encoder sees
     context_tokens: int  # committed tokens of earlier utterances used as prompt
     language_detect_min_s: float = 3.0  # detect the language on at least this much speech
+    final_beam_size: int = 1  # beam search for an utterance's final decode (1: greedy)
 
 
 @dataclass
@@ -146,15 +147,19 @@ class Recognizer:
             events.append(LanguageDetected(state.language, prob, self._seconds(state.done)))
         prompt = self.whisper.prompt(self.settings.task, state.language, previous=state.context)
         committed = state.policy.committed
+        if final and self.settings.final_beam_size > 1:
+            return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
+                                  self.settings.final_beam_size, at_start=not committed, history=committed)
+        stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
         return self.calls.run("decoder", self.whisper.greedy, enc, prompt + committed,
-                              at_start=not committed, history=committed)
+                              at_start=not committed, history=committed, stop_at_frame=stop)
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []
         result = self._decode(state, end, final=False, events=events)
         if result is None:
             return events
-        new = self.policy.step(state.policy, result.tokens)
+        new = self.policy.step(state.policy, result.tokens, result.peaks, result.audio_frames)
         events += self._commit(state, new, end)
         tail = self.whisper.tokenizer.decode(state.policy.tail).strip()
         events.append(self._text(state, TextKind.TRANSLATION_PARTIAL, tail, end))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from pathlib import Path
 
 
@@ -21,3 +23,14 @@ class WhisperTokenizer:
     def token_text(self, token_id: int) -> str:
         """Text of one token (may be a partial UTF-8 sequence, then contains U+FFFD)."""
         return self.decode([token_id])
+
+    @functools.lru_cache(maxsize=None)
+    def is_word_start(self, token_id: int) -> bool:
+        """A text token that begins a new word (its text starts with a space)."""
+        return token_id < self.eot and self.token_text(token_id).startswith(" ")
+
+    @functools.lru_cache(maxsize=None)
+    def is_punctuation(self, token_id: int) -> bool:
+        """A text token made only of punctuation ("," "." "?!" ...), with or without a leading space."""
+        text = self.token_text(token_id).strip() if token_id < self.eot else ""
+        return bool(text) and all(unicodedata.category(c).startswith("P") for c in text)

@@ -46,6 +46,9 @@ class EncodedAudio:
     duration_s: float  # audio actually present (padding excluded)
 
 
+FRAMES_PER_S = 50  # encoder frames per second of audio (10 ms mel hop, stride-2 convolution)
+
+
 @dataclass
 class DecodeResult:
     tokens: list[int]  # generated tokens, without prompt and eot
@@ -53,6 +56,18 @@ class DecodeResult:
     ended: bool  # True when the model emitted end-of-text (not cut by max length)
     avg_logprob: float = 0.0
     token_logprobs: list[float] = field(default_factory=list)
+    # Per token: the encoder frame its alignment heads attended to most when it was chosen
+    # (empty for exports without the alignment output).
+    peaks: list[int] = field(default_factory=list)
+    audio_frames: int = 0  # encoder frames that hold audio (the rest is padding)
+
+
+@dataclass
+class DecoderStep:
+    logits: np.ndarray  # [batch, vocab] of the last position
+    self_k: np.ndarray
+    self_v: np.ndarray
+    alignment: np.ndarray | None  # [batch, n, audio_ctx]: alignment heads' cross-attention, averaged
 
 
 class WhisperModel:
@@ -82,6 +97,8 @@ class WhisperModel:
         self.mel = LogMel(np.load(model_dir / "mel_filters.npy"), f.int("n_fft"), f.int("hop_length"))
         self.tokenizer = WhisperTokenizer(model_dir / "tokenizer.json", self.eot)
         self.provider = self.decoder.provider
+        # Exports since the AlignAtt policy carry the alignment heads' attention as an output.
+        self.has_alignment = "alignment" in self.decoder.output_names
 
     # -- prompt -----------------------------------------------------------------
     def prompt(self, task: str = "transcribe", language: str | None = None, previous: list[int] | None = None) -> list[int]:
@@ -127,33 +144,44 @@ class WhisperModel:
         shape = (self.layers, batch, self.heads, 0, self.head_dim)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
-    def decode_step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio):
-        logits, self_k, self_v = self.decoder.session.run(None, {
+    def step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio) -> DecoderStep:
+        """One decoder call: ``tokens`` [batch, n] at positions ``offset``.. after the cached ``self_k/v``."""
+        outputs = self.decoder.session.run(None, {
             "tokens": tokens.astype(np.int64),
             "offset": np.array([offset], dtype=np.int64),
             "self_k": self_k, "self_v": self_v,
             "cross_k": enc.cross_k, "cross_v": enc.cross_v,
         })
-        return logits, self_k, self_v
+        named = dict(zip(self.decoder.output_names, outputs))
+        return DecoderStep(named["logits"], named["new_self_k"], named["new_self_v"], named.get("alignment"))
+
+    def decode_step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio):
+        """(logits, self_k, self_v) of :meth:`step`."""
+        out = self.step(tokens, offset, self_k, self_v, enc)
+        return out.logits, out.self_k, out.self_v
 
     def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
                forced: list[int] | None = None, stop_on_repeat: bool = True,
-               at_start: bool = True, history: list[int] | None = None) -> DecodeResult:
+               at_start: bool = True, history: list[int] | None = None,
+               stop_at_frame: int | None = None) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
         (their log-probs are still recorded). ``at_start`` applies Whisper's first-token
         suppression (blank, end-of-text); pass False when the prompt already ends with
         committed text tokens; ``history`` (those committed tokens) lets the loop guard
-        catch output that repeats text already committed."""
+        catch output that repeats text already committed. ``stop_at_frame``: stop after
+        the first free token whose attention peak is at or beyond that encoder frame
+        (AlignAtt: the token is kept, so the policy sees where the border is)."""
         limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
         max_new = min(max_new_tokens or limit, limit)
         self_k, self_v = self.empty_cache()
-        logits, self_k, self_v = self.decode_step(np.array([prompt]), 0, self_k, self_v, enc)
+        step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
         out: list[int] = []
         logprobs: list[float] = []
+        peaks: list[int] = []
         forced = list(forced or [])
         ended = False
         while len(out) < max_new:
-            scores = logits[0].astype(np.float64)
+            scores = step.logits[0].astype(np.float64)
             scores[self.suppress] = -np.inf
             if not out and at_start:
                 scores[self.suppress_begin] = -np.inf
@@ -164,16 +192,78 @@ class WhisperModel:
                 ended = True
                 break
             out.append(token)
+            peak = int(np.argmax(step.alignment[0, -1])) if step.alignment is not None else -1
+            if step.alignment is not None:
+                peaks.append(peak)
             if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail((history or []) + out)):
                 del out[-min(span, len(out)):]
-                logprobs = logprobs[: len(out)]
+                logprobs, peaks = logprobs[: len(out)], peaks[: len(out)]
                 log.debug("repetition loop cut (%d tokens repeated)", span)
                 break
-            logits, self_k, self_v = self.decode_step(
-                np.array([[token]]), len(prompt) + len(out) - 1, self_k, self_v, enc)
+            if stop_at_frame is not None and len(out) > len(forced) and peak >= stop_at_frame:
+                break
+            step = self.step(np.array([[token]]), len(prompt) + len(out) - 1, step.self_k, step.self_v, enc)
+        logprobs = logprobs[: len(out) + int(ended)]
         text = self.tokenizer.decode(out).strip()
         avg = float(np.mean(logprobs)) if logprobs else 0.0
-        return DecodeResult(out, text, ended, avg, logprobs)
+        return DecodeResult(out, text, ended, avg, logprobs, peaks, self.audio_frames(enc))
+
+    def beam_search(self, enc: EncodedAudio, prompt: list[int], beam_size: int = 5,
+                    max_new_tokens: int | None = None, at_start: bool = True,
+                    history: list[int] | None = None) -> DecodeResult:
+        """Beam search (one batched decoder call per step over the live beams), as Whisper does
+        it: a beam ends at end-of-text; once ``beam_size`` have ended, the best by mean
+        log-probability per token wins. ``beam_size`` 1 is :meth:`greedy`."""
+        if beam_size <= 1:
+            return self.greedy(enc, prompt, max_new_tokens, at_start=at_start, history=history)
+        limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
+        max_new = min(max_new_tokens or limit, limit)
+        self_k, self_v = self.empty_cache()
+        step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
+        beams: list[tuple[list[int], float]] = [([], 0.0)]
+        finished: list[tuple[list[int], float]] = []
+        wide: EncodedAudio | None = None
+        for t in range(max_new):
+            scores = step.logits.astype(np.float64)
+            scores[:, self.suppress] = -np.inf
+            if t == 0 and at_start:
+                scores[:, self.suppress_begin] = -np.inf
+            m = scores.max(axis=1, keepdims=True)
+            logp = scores - m - np.log(np.exp(scores - m).sum(axis=1, keepdims=True))
+            candidates = []
+            for b, (tokens, total) in enumerate(beams):
+                for token in np.argsort(-logp[b])[: beam_size + 1]:
+                    candidates.append((total + float(logp[b, token]), b, int(token)))
+            candidates.sort(key=lambda c: -c[0])
+            kept: list[tuple[int, int, float]] = []
+            for total, b, token in candidates:
+                if token == self.eot:
+                    if len(finished) < beam_size:
+                        finished.append((beams[b][0], total))
+                elif len(kept) < beam_size:
+                    kept.append((b, token, total))
+            if len(finished) >= beam_size or not kept:
+                break
+            rows = np.array([b for b, _, _ in kept])
+            beams = [(beams[b][0] + [token], total) for b, token, total in kept]
+            if wide is None or wide.cross_k.shape[1] != len(kept):
+                wide = EncodedAudio(np.repeat(enc.cross_k, len(kept), axis=1),
+                                    np.repeat(enc.cross_v, len(kept), axis=1), enc.duration_s)
+            step = self.step(np.array([[token] for _, token, _ in kept]), len(prompt) + t,
+                             step.self_k[:, rows], step.self_v[:, rows], wide)
+        ended = bool(finished)
+        pool = finished or beams
+        tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
+        tokens = list(tokens)
+        if (span := repeated_tail((history or []) + tokens)) and span <= len(tokens):
+            del tokens[-span:]
+        avg = total / max(1, len(tokens) + int(ended))
+        return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), ended, avg, [],
+                            [], self.audio_frames(enc))
+
+    def audio_frames(self, enc: EncodedAudio) -> int:
+        """Encoder frames that hold audio rather than padding."""
+        return min(int(enc.duration_s * FRAMES_PER_S), enc.cross_k.shape[3])
 
     def detect_language(self, enc: EncodedAudio) -> tuple[str, float]:
         """Most likely spoken language from the first decoder step (multilingual only)."""
