@@ -22,7 +22,7 @@ from relais.pipeline.policy import AlignAttPolicy, LocalAgreementPolicy, Simulta
 from relais.pipeline.recognizer import Recognizer, RecognizerSettings
 from relais.pipeline.scheduler import ModelScheduler, StageObserver, StreamCalls
 from relais.pipeline.session import StreamingSession
-from relais.pipeline.speaker import Speaker
+from relais.pipeline.speaker import Speaker, SpeechSettings
 from relais.runtime.ort import RuntimeConfig, check_precision
 from relais.runtime.tts import PiperTts
 from relais.runtime.vad import SileroVad, VadConfig
@@ -46,12 +46,15 @@ class LatencyProfile:
     frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
     max_hold_s: float = 0.0  # LocalAgreement: force a commit after this long without one (0: never)
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
+    idle_backlog_s: float = 0.25  # speech: speak waiting words at once when less than this is left to play
+    min_length_factor: float = 0.8  # speech: fastest speaking rate under backlog (x the voice's length scale)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if not 0.1 <= self.step_s <= 10.0:
             raise ValueError(f"step_s must be within 0.1..10 s, got {self.step_s}")
+        SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor)  # validates
         if not 1 <= self.beam_size <= 16:
             raise ValueError(f"beam_size must be within 1..16, got {self.beam_size}")
         if self.agreement < 1 or self.phrase_max_words < 0 or self.frame_threshold < 0 or self.max_hold_s < 0:
@@ -250,7 +253,10 @@ class TranslationEngine:
             encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens,
             final_beam_size=cfg.latency.beam_size)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
-        speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls) if cfg.return_audio else None
+        speech = SpeechSettings(idle_backlog_s=cfg.latency.idle_backlog_s,
+                                min_length_factor=cfg.latency.min_length_factor)
+        speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls,
+                          settings=speech) if cfg.return_audio else None
         return StreamingSession(self.vad, recognizer, speaker, calls)
 
     def policy(self, latency: LatencyProfile) -> SimultaneousPolicy:

@@ -39,7 +39,11 @@ class StreamingSession:
             raise ValueError("audio after the end of the stream")
         events: list[PipelineEvent] = []
         for window in self.calls.run("vad", self.vad.windows, self.vad_state, audio):
-            events += self._recognised(self.recognizer.step(self.recognizer_state, window))
+            recognised = self.recognizer.step(self.recognizer_state, window)
+            if recognised or self.speaker is None:
+                events += self._recognised(recognised)
+            else:  # nothing new: words still waiting are spoken if playback is about to fall silent
+                events += self.speaker.tick(self.speaker_state, window.end_sample / self.sample_rate_hz)
         return self._with_compute(events)
 
     def finish(self) -> list[PipelineEvent]:
