@@ -107,6 +107,58 @@ def test_metadata_round_trip(model_set, ckpt_base):
     assert expected["lang_ids"]["fr"] == 50265 and len(expected["lang_ids"]) == 99
 
 
+# -- alignment output (AlignAtt) ------------------------------------------------------
+
+def _alignment(model: WhisperModel, enc, tokens: list[int]) -> np.ndarray:
+    """The decoder's alignment output [n, audio_ctx] for ``tokens`` in one uncached call."""
+    empty = np.zeros((model.layers, 1, model.heads, 0, model.head_dim), np.float32)
+    session = model.decoder.session
+    outputs = session.run(None, {"tokens": np.array([tokens], np.int64), "offset": np.array([0], np.int64),
+                                 "self_k": empty, "self_v": empty, "cross_k": enc.cross_k, "cross_v": enc.cross_v})
+    return dict(zip([o.name for o in session.get_outputs()], outputs))["alignment"][0]
+
+
+def test_base_alignment_heads_come_from_the_bundle(model_set, ckpt_base):
+    import json
+
+    heads = json.loads((ckpt_base.tokenizer_json.parent / "config.json").read_text())["alignment_heads"]
+    assert len(heads) == 8  # whisper base: OpenAI's 8 hand-picked heads, not the upper-half default
+    for precision in ("fp32", "int8"):
+        facts = read_metadata(model_set.path("whisper-base") / f"decoder.{precision}.onnx")
+        assert facts.get("alignment_heads") == heads and facts.get("alignment_output") == "alignment"
+
+
+def test_base_alignment_follows_the_speech(base):
+    """Greedy transcription of a real French clip: each text token's alignment peak (the
+    encoder frame its alignment heads attend to most when it is chosen) walks forward
+    through the audio and stays within it; int8 puts the peaks where fp32 does."""
+    model = base["fp32"]
+    assert [o.name for o in model.decoder.session.get_outputs()] == ["logits", "new_self_k", "new_self_v",
+                                                                     "alignment"]
+    audio = load_audio(load_manifest("fr_en_dev")[1].path)  # 8.3 s
+    enc = model.encode(audio, pad_to_s=30)
+    prompt = model.prompt("transcribe", "fr")
+    tokens = model.greedy(enc, prompt).tokens
+    alignment = _alignment(model, enc, prompt + tokens)
+    assert alignment.shape == (len(prompt) + len(tokens), 1500)
+    np.testing.assert_allclose(alignment.sum(-1), 1.0, atol=1e-3)
+    # Row j is the query that predicts token j + 1: the text tokens' rows start at the prompt's last.
+    rows = slice(len(prompt) - 1, len(prompt) - 1 + len(tokens))
+    peaks = alignment[rows].argmax(-1)
+    audio_frames = int(np.ceil(len(audio) / 16000 * 50))
+    assert len(tokens) > 20
+    # The closing token (usually the final full stop) may look at the padding's last frame.
+    assert (peaks[:-1] < audio_frames).all(), peaks
+    rank = lambda x: np.argsort(np.argsort(x, kind="stable"), kind="stable")
+    assert np.corrcoef(rank(np.arange(len(peaks) - 1)), rank(peaks[:-1]))[0, 1] > 0.9, peaks  # measured 1.00
+    quarter = len(peaks) // 4
+    assert peaks[:quarter].mean() < audio_frames / 3 and peaks[-quarter - 1:-1].mean() > audio_frames / 2, peaks
+    # int8 (weight-only: attention MatMuls stay fp32) on the same tokens: measured identical peaks.
+    int8 = base["int8"]
+    peaks8 = _alignment(int8, int8.encode(audio, pad_to_s=30), prompt + tokens)[rows].argmax(-1)
+    assert np.mean(np.abs(peaks8 - peaks) <= 5) >= 0.9, (peaks, peaks8)
+
+
 def test_tiny_en_prompt_and_language_errors(tiny, base):
     assert tiny["fp32"].prompt("transcribe", "en") == [50257, 50362]
     assert base["fp32"].prompt("translate", "fr") == [50258, 50265, 50358, 50363]

