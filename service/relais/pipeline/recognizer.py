@@ -159,17 +159,18 @@ class Recognizer:
         result = self._decode(state, end, final=False, events=events)
         if result is None:
             return events
-        new = self.policy.step(state.policy, result.tokens, result.peaks, result.audio_frames)
-        events += self._commit(state, new, end)
-        tail = self.whisper.tokenizer.decode(state.policy.tail).strip()
+        self.policy.step(state.policy, result.tokens, result.peaks, result.audio_frames)
+        events += self._commit(state, end)
+        held = state.policy.committed[self._releasable(state, final=False):]
+        tail = self.whisper.tokenizer.decode(held + state.policy.tail).strip()
         events.append(self._text(state, TextKind.TRANSLATION_PARTIAL, tail, end))
         return events
 
     def _end_utterance(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []
         result = self._decode(state, end, final=True, events=events)
-        new = self.policy.flush(state.policy, result.tokens if result else [])
-        events += self._commit(state, new, end)
+        self.policy.flush(state.policy, result.tokens if result else [])
+        events += self._commit(state, end, final=True)
         state.context = (state.context + state.policy.committed)[-self.settings.context_tokens:]
         self.policy.reset(state.policy)
         events.append(UtteranceEnd(self._seconds(state.utterance.start), self._seconds(end),
@@ -180,19 +181,31 @@ class Recognizer:
         state.audio_start = end
         return events
 
-    def _commit(self, state: RecognizerState, new_tokens: list[int], end: int) -> list[PipelineEvent]:
-        if not new_tokens:
-            return []
+    def _commit(self, state: RecognizerState, end: int, final: bool = False) -> list[PipelineEvent]:
         utt = state.utterance
-        text = self.whisper.tokenizer.decode(state.policy.committed)
+        committed = state.policy.committed
+        text = self.whisper.tokenizer.decode(committed[: self._releasable(state, final)])
         delta = text[len(utt.committed_text):] if text.startswith(utt.committed_text) else text
-        utt.committed_text = text
         if not delta.strip():
             return []
+        utt.committed_text = text
         events: list[PipelineEvent] = [self._text(state, TextKind.TRANSLATION_FINAL, delta.strip(), end)]
         if self.settings.task == "transcribe" and self.settings.target_language == state.language:
             events.append(self._text(state, TextKind.SOURCE_FINAL, delta.strip(), end))
         return events
+
+    def _releasable(self, state: RecognizerState, final: bool) -> int:
+        """How many committed tokens may leave as text. A commit may stop right before punctuation
+        the hypotheses disagree on ("," or "."); the last word then waits for it, so no text piece
+        ever starts with punctuation (clients join pieces with spaces)."""
+        committed, tail = state.policy.committed, state.policy.tail
+        tok = self.whisper.tokenizer
+        if final or not tail or not tok.is_punctuation(tail[0]):
+            return len(committed)
+        i = len(committed) - 1
+        while i > 0 and not tok.is_word_start(committed[i]):
+            i -= 1
+        return max(i, 0)
 
     def _text(self, state: RecognizerState, kind: TextKind, text: str, end: int) -> TextSegment:
         language = self.settings.target_language if "translation" in kind.value else (state.language or "")
