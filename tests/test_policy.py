@@ -363,7 +363,7 @@ def test_alignatt_commits_the_tokens_before_the_first_one_attending_to_the_audio
     assert isinstance(policy, SimultaneousPolicy)
     state = policy.new_state()
     # 100 frames of audio: tokens peaking at >= 90 are about audio not fully heard.
-    assert policy.stop_frame(100) == 90
+    assert policy.border_frame(100) == 90
     assert policy.step(state, [1, 2, 3, 4], peaks=[10, 40, 91, 60], audio_frames=100) == [1, 2]
     assert state.committed == [1, 2] and state.tail == [3, 4]
     # Next step: more audio; decoding continues after the committed prefix.
@@ -424,3 +424,15 @@ def test_alignatt_streaming_equals_offline_on_a_growing_audio_oracle():
             assert all(10 * (i + 1) < frames - 10 + 1 for i in range(len(state.committed)))
         policy.flush(state, target[len(state.committed):])
         assert state.committed == target
+
+
+def test_alignatt_with_agreement_commits_only_what_the_attention_allows_and_two_hypotheses_share():
+    policy = AlignAttPolicy(frame_threshold=10, agreement=2)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2, 3, 4], peaks=[10, 20, 30, 40], audio_frames=100) == []  # one hypothesis
+    # Agreement on [1, 2, 3], attention allows [1, 2, 3, 4, 5] (border at the 6th token): commit [1, 2, 3].
+    assert policy.step(state, [1, 2, 3, 5, 6, 7], peaks=[10, 20, 30, 40, 50, 95], audio_frames=100) == [1, 2, 3]
+    # Agreement on [5, 6], attention stops at the first token peaking within 10 frames of 110.
+    assert policy.step(state, [5, 6, 7], peaks=[60, 101, 102], audio_frames=110) == [5]
+    with pytest.raises(ValueError, match="agreement"):
+        AlignAttPolicy(agreement=0)

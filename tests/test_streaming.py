@@ -175,8 +175,7 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
         if final:
             return whisper.beam_search(enc, prompt + state.committed, profile.beam_size,
                                        at_start=not state.committed, history=state.committed)
-        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed,
-                              stop_at_frame=policy.stop_frame(whisper.audio_frames(enc)))
+        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed)
 
     def close(end: int) -> None:
         nonlocal context, utt

@@ -40,7 +40,7 @@ class LatencyProfile:
 
     name: str
     step_s: float  # decode a new hypothesis every step_s of source audio
-    agreement: int  # LocalAgreement-n
+    agreement: int  # LocalAgreement-n (with AlignAtt: also agree over n hypotheses; 1: pure AlignAtt)
     phrase_max_words: int  # speak once this many committed words wait (0: sentence ends only)
     policy: str = "local_agreement"  # or "alignatt" (needs an export with the alignment output)
     frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
@@ -263,7 +263,7 @@ class TranslationEngine:
         tok = self.whisper.tokenizer
         if latency.policy == "alignatt":
             return AlignAttPolicy(frame_threshold=latency.frame_threshold, is_word_start=tok.is_word_start,
-                                  is_punctuation=tok.is_punctuation)
+                                  is_punctuation=tok.is_punctuation, agreement=latency.agreement)
         hold = max(1, round(latency.max_hold_s / latency.step_s)) if latency.max_hold_s else None
         return LocalAgreementPolicy(n=latency.agreement, is_word_start=tok.is_word_start,
                                     is_punctuation=tok.is_punctuation, max_hold_steps=hold)

@@ -55,17 +55,16 @@ LocalAgreement-n (Polák et al., 2022; as in ufal/whisper_streaming):
 AlignAtt (Papi et al., Interspeech 2023), over the decoder's cross-attention:
 
 - The caller decodes after the committed prefix as above and passes, per
-  hypothesis token, the encoder frame its alignment heads attended to most when it
-  was chosen (``peaks``) and how many encoder frames hold received audio
-  (``audio_frames``). The first token whose peak lies within ``frame_threshold``
-  frames of the end of the audio (or beyond it, in the padding) is the border: it
-  and everything after it are about audio not heard yet. Tokens before the border
-  are committed, moved back to a word boundary as above (so the last word is held
-  unless the border token starts a new word).
-- ``stop_frame(audio_frames)`` tells the decoder where it may stop: nothing after
-  the border is ever committed, so decoding past it is wasted work.
-- One hypothesis suffices (no agreement), which removes LocalAgreement's wait for a
-  second hypothesis; stability comes from the attention instead.
+  hypothesis token, the encoder frame its alignment heads attend to most
+  (``peaks``, normalised: relais.runtime.whisper.attention_peaks) and how many
+  encoder frames hold received audio (``audio_frames``). The first token whose peak
+  lies within ``frame_threshold`` frames of the end of the audio (or beyond it, in
+  the padding) is the border: it and everything after it are about audio not heard
+  (completely) yet. Tokens before the border are committed, moved back to a word
+  boundary as above (so the last word is held unless the border token starts one).
+- With ``agreement`` n > 1 (a hybrid), the commit is also bounded by what the last n
+  hypotheses agree on: AlignAtt says how far the audio supports the text,
+  LocalAgreement whether the model still changes its mind about it.
 
 Each step costs O(n * len(hypothesis)) and is deterministic.
 """
@@ -95,10 +94,6 @@ class SimultaneousPolicy(Protocol):
     """What the decoder driver needs from a simultaneous policy."""
 
     def new_state(self) -> PolicyState: ...
-
-    def stop_frame(self, audio_frames: int) -> int | None:
-        """Encoder frame at which decoding may stop (None: decode the whole hypothesis)."""
-        ...
 
     def step(self, state: PolicyState, hypothesis: list[int], peaks: Sequence[int] = (),
              audio_frames: int = 0) -> list[int]: ...
@@ -141,9 +136,6 @@ class LocalAgreementPolicy:
     def new_state(self) -> PolicyState:
         return PolicyState()
 
-    def stop_frame(self, audio_frames: int) -> int | None:
-        return None
-
     def step(self, state: PolicyState, hypothesis: list[int], peaks: Sequence[int] = (),
              audio_frames: int = 0) -> list[int]:
         """Add a hypothesis (relative to ``state.committed``); return the newly committed tokens."""
@@ -179,21 +171,24 @@ class AlignAttPolicy:
     frame_threshold: int = 10  # encoder frames (20 ms each)
     is_word_start: Callable[[int], bool] | None = None
     is_punctuation: Callable[[int], bool] | None = None
+    agreement: int = 1  # > 1: also bounded by LocalAgreement-n over the last n hypotheses
 
     def __post_init__(self) -> None:
         if isinstance(self.frame_threshold, bool) or not isinstance(self.frame_threshold, int) \
                 or self.frame_threshold < 0:
             raise ValueError(f"AlignAtt frame_threshold must be an integer >= 0, got {self.frame_threshold!r}")
+        if isinstance(self.agreement, bool) or not isinstance(self.agreement, int) or self.agreement < 1:
+            raise ValueError(f"AlignAtt agreement must be an integer >= 1, got {self.agreement!r}")
 
     def new_state(self) -> PolicyState:
         return PolicyState()
 
-    def stop_frame(self, audio_frames: int) -> int | None:
+    def border_frame(self, audio_frames: int) -> int:
         return max(0, audio_frames - self.frame_threshold)
 
     def border(self, peaks: Sequence[int], audio_frames: int, length: int) -> int:
         """Index of the first token attending within the threshold of the audio end (``length`` if none)."""
-        stop = self.stop_frame(audio_frames)
+        stop = self.border_frame(audio_frames)
         return next((i for i, p in enumerate(peaks[:length]) if p >= stop), length)
 
     def step(self, state: PolicyState, hypothesis: list[int], peaks: Sequence[int] = (),
@@ -202,8 +197,13 @@ class AlignAttPolicy:
         if len(peaks) < len(newest):
             raise ValueError(f"AlignAtt needs an attention peak per token: {len(peaks)} peaks for "
                              f"{len(newest)} tokens (is the Whisper export older than the alignment output?)")
-        state.history = [newest]
-        length = _boundary_trim(self, self.border(peaks, audio_frames, len(newest)), [newest])
+        state.history.append(newest)
+        del state.history[: -self.agreement]
+        if len(state.history) < self.agreement:
+            state.stalled += 1
+            return []
+        length = min(self.border(peaks, audio_frames, len(newest)), longest_common_prefix(state.history))
+        length = _boundary_trim(self, length, state.history)
         if length == 0:
             state.stalled += 1
             return []

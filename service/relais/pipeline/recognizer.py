@@ -150,9 +150,8 @@ class Recognizer:
         if final and self.settings.final_beam_size > 1:
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
                                   self.settings.final_beam_size, at_start=not committed, history=committed)
-        stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
         return self.calls.run("decoder", self.whisper.greedy, enc, prompt + committed,
-                              at_start=not committed, history=committed, stop_at_frame=stop)
+                              at_start=not committed, history=committed)
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []

@@ -39,6 +39,27 @@ def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS) -> int:
     return 0
 
 
+MIN_ALIGNMENT_ROWS = 4  # fewer tokens than this give no usable per-frame statistics
+PEAK_SMOOTHING_FRAMES = 5
+
+
+def attention_peaks(rows: np.ndarray) -> list[int]:
+    """Per token, the encoder frame it attends to most, from the alignment heads' averaged
+    cross-attention ``rows`` [tokens, frames].
+
+    The raw argmax is useless: a few frames (near the start of the audio) draw attention
+    from every token. As in Whisper's word timing, each frame is normalised across the
+    tokens (z-score), which leaves what is specific to each token, then smoothed along
+    time. With fewer than MIN_ALIGNMENT_ROWS tokens there are no statistics: every peak is
+    put past the last frame (the policy then commits nothing yet)."""
+    if len(rows) < MIN_ALIGNMENT_ROWS:
+        return [rows.shape[1] if rows.ndim == 2 else 0] * len(rows)
+    z = (rows - rows.mean(axis=0)) / (rows.std(axis=0) + 1e-6)
+    kernel = np.ones(PEAK_SMOOTHING_FRAMES) / PEAK_SMOOTHING_FRAMES
+    smooth = np.stack([np.convolve(r, kernel, mode="same") for r in z])
+    return [int(i) for i in smooth.argmax(axis=1)]
+
+
 @dataclass
 class EncodedAudio:
     cross_k: np.ndarray  # [layers, batch, heads, audio_ctx, head_dim]
@@ -162,22 +183,25 @@ class WhisperModel:
 
     def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
                forced: list[int] | None = None, stop_on_repeat: bool = True,
-               at_start: bool = True, history: list[int] | None = None,
-               stop_at_frame: int | None = None) -> DecodeResult:
+               at_start: bool = True, history: list[int] | None = None) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
         (their log-probs are still recorded). ``at_start`` applies Whisper's first-token
         suppression (blank, end-of-text); pass False when the prompt already ends with
         committed text tokens; ``history`` (those committed tokens) lets the loop guard
-        catch output that repeats text already committed. ``stop_at_frame``: stop after
-        the first free token whose attention peak is at or beyond that encoder frame
-        (AlignAtt: the token is kept, so the policy sees where the border is)."""
+        catch output that repeats text already committed. With an alignment output, each
+        token's attention peak is computed (:func:`attention_peaks`) for AlignAtt."""
         limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
         max_new = min(max_new_tokens or limit, limit)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
         out: list[int] = []
         logprobs: list[float] = []
-        peaks: list[int] = []
+        # Alignment rows of the committed tokens (the prompt's last positions), then one per new token.
+        rows: list[np.ndarray] = []
+        if step.alignment is not None:
+            k = min(len(history or []), len(prompt) - 1)
+            rows = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
+        committed_rows = len(rows)
         forced = list(forced or [])
         ended = False
         while len(out) < max_new:
@@ -192,20 +216,18 @@ class WhisperModel:
                 ended = True
                 break
             out.append(token)
-            peak = int(np.argmax(step.alignment[0, -1])) if step.alignment is not None else -1
             if step.alignment is not None:
-                peaks.append(peak)
+                rows.append(step.alignment[0, -1])
             if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail((history or []) + out)):
                 del out[-min(span, len(out)):]
-                logprobs, peaks = logprobs[: len(out)], peaks[: len(out)]
+                logprobs = logprobs[: len(out)]
                 log.debug("repetition loop cut (%d tokens repeated)", span)
-                break
-            if stop_at_frame is not None and len(out) > len(forced) and peak >= stop_at_frame:
                 break
             step = self.step(np.array([[token]]), len(prompt) + len(out) - 1, step.self_k, step.self_v, enc)
         logprobs = logprobs[: len(out) + int(ended)]
         text = self.tokenizer.decode(out).strip()
         avg = float(np.mean(logprobs)) if logprobs else 0.0
+        peaks = attention_peaks(np.array(rows[: committed_rows + len(out)]))[committed_rows:] if rows else []
         return DecodeResult(out, text, ended, avg, logprobs, peaks, self.audio_frames(enc))
 
     def beam_search(self, enc: EncodedAudio, prompt: list[int], beam_size: int = 5,
