@@ -436,3 +436,23 @@ def test_alignatt_with_agreement_commits_only_what_the_attention_allows_and_two_
     assert policy.step(state, [5, 6, 7], peaks=[60, 101, 102], audio_frames=110) == [5]
     with pytest.raises(ValueError, match="agreement"):
         AlignAttPolicy(agreement=0)
+
+
+def test_attention_peaks_look_past_attention_sinks():
+    """Alignment heads give every token a large weight on a few early frames (sinks); the
+    normalised peaks follow each token's own frame, the raw argmax does not."""
+    import numpy as np
+
+    from relais.runtime.whisper import attention_peaks
+
+    tokens, frames = 8, 120
+    rows = np.full((tokens, frames), 0.001)
+    rows[:, 3] = 0.5  # the sink: every token's largest weight
+    for i in range(tokens):
+        rows[i, 10 + 12 * i] += 0.1  # token i's own frame
+    rows /= rows.sum(axis=1, keepdims=True)
+    assert set(rows.argmax(axis=1)) == {3}
+    peaks = attention_peaks(rows)
+    assert all(abs(p - (10 + 12 * i)) <= 2 for i, p in enumerate(peaks))
+    # Too few tokens for per-frame statistics: every peak is put past the end (nothing commits).
+    assert attention_peaks(rows[:3]) == [frames] * 3

@@ -154,6 +154,7 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
     whisper, vad, cfg = engine.whisper, engine.vad, engine.config
     win = vad.window_samples
     step = max(win, int(round(profile.step_s * 16000 / win)) * win)
+    first = max(win, int(round((profile.first_step_s or profile.step_s) * 16000 / win)) * win)
     tok = whisper.tokenizer
     policy = engine.policy(profile)
     vad_state = vad.new_state()
@@ -189,18 +190,18 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
     for done, events in schedule:
         for ev in events:
             if ev.kind == "start" and utt is None:
-                utt = [ev.start_sample, ev.start_sample + step]
+                utt = [ev.start_sample, ev.start_sample + first]
             elif ev.kind == "end" and utt is not None:
                 close(max(ev.end_sample, utt[0] + win))
         if utt is not None and (done, events) is not schedule[-1]:
             if done - utt[0] >= int(cfg.max_utterance_s * 16000):
                 close(done)
-                utt = [done, done + step]
+                utt = [done, done + first]
             elif done >= utt[1]:
-                utt[1] += step
                 result = decode(utt[0], done, final=False)
                 if result is not None:
                     policy.step(state, result.tokens, result.peaks, result.audio_frames)
+                utt[1] += step if state.committed else first
     if utt is not None:
         close(schedule[-1][0])
     return " ".join(" ".join(texts).split())
@@ -211,8 +212,9 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
     (1, "fr", LATENCY_PROFILES["low"]),
     (1, "fr", LatencyProfile("alignatt", step_s=0.5, agreement=1, phrase_max_words=6, policy="alignatt",
                              frame_threshold=10, beam_size=3)),
-    (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0)),
-], ids=["balanced-auto-23s", "low", "alignatt-beam3", "la-hold"])
+    (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0,
+                             first_step_s=0.5)),
+], ids=["balanced-auto-23s", "low", "alignatt-beam3", "la-hold-first-step"])
 def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
     """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline
     decode of the whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the

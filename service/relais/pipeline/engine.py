@@ -43,6 +43,7 @@ class LatencyProfile:
     agreement: int  # LocalAgreement-n (with AlignAtt: also agree over n hypotheses; 1: pure AlignAtt)
     phrase_max_words: int  # speak once this many committed words wait (0: sentence ends only)
     policy: str = "local_agreement"  # or "alignatt" (needs an export with the alignment output)
+    first_step_s: float = 0.0  # step until an utterance's first commit (0: step_s)
     frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
     max_hold_s: float = 0.0  # LocalAgreement: force a commit after this long without one (0: never)
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
@@ -54,6 +55,8 @@ class LatencyProfile:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
         if not 0.1 <= self.step_s <= 10.0:
             raise ValueError(f"step_s must be within 0.1..10 s, got {self.step_s}")
+        if self.first_step_s and not 0.1 <= self.first_step_s <= self.step_s:
+            raise ValueError(f"first_step_s must be 0 (off) or within 0.1 s..step_s, got {self.first_step_s}")
         SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor)  # validates
         if not 1 <= self.beam_size <= 16:
             raise ValueError(f"beam_size must be within 1..16, got {self.beam_size}")
@@ -251,7 +254,7 @@ class TranslationEngine:
             task=cfg.task, source_language=cfg.source_language, target_language=cfg.target_language,
             step_s=cfg.latency.step_s, max_utterance_s=self.config.max_utterance_s,
             encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens,
-            final_beam_size=cfg.latency.beam_size)
+            final_beam_size=cfg.latency.beam_size, first_step_s=cfg.latency.first_step_s)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
         speech = SpeechSettings(idle_backlog_s=cfg.latency.idle_backlog_s,
                                 min_length_factor=cfg.latency.min_length_factor)

@@ -43,6 +43,7 @@ class RecognizerSettings:
     context_tokens: int  # committed tokens of earlier utterances used as prompt
     language_detect_min_s: float = 3.0  # detect the language on at least this much speech
     final_beam_size: int = 1  # beam search for an utterance's final decode (1: greedy)
+    first_step_s: float = 0.0  # step until an utterance's first commit (0: step_s); a short one starts text sooner
 
 
 @dataclass
@@ -72,8 +73,13 @@ class Recognizer:
         self.calls = calls
         self.window = window_samples
         self.rate_hz = whisper.sample_rate_hz
-        self.step_samples = max(self.window, int(round(settings.step_s * self.rate_hz / self.window)) * self.window)
+        self.step_samples = self._grid(settings.step_s)
+        self.first_step_samples = self._grid(settings.first_step_s or settings.step_s)
         self.max_utt_samples = int(settings.max_utterance_s * self.rate_hz)
+
+    def _grid(self, seconds: float) -> int:
+        """``seconds`` as a whole number of VAD windows (at least one)."""
+        return max(self.window, int(round(seconds * self.rate_hz / self.window)) * self.window)
 
     def new_state(self) -> RecognizerState:
         return RecognizerState(policy=self.policy.new_state(), language=self.settings.source_language)
@@ -89,10 +95,10 @@ class Recognizer:
             if state.done - utt.start >= self.max_utt_samples:
                 log.debug("utterance reached %.1f s: cut", self.max_utt_samples / self.rate_hz)
                 events += self._end_utterance(state, state.done)
-                state.utterance = Utterance(start=state.done, next_step=state.done + self.step_samples)
+                state.utterance = Utterance(start=state.done, next_step=state.done + self.first_step_samples)
             elif state.done >= utt.next_step:
-                utt.next_step += self.step_samples
                 events += self._hypothesis_step(state, state.done)
+                utt.next_step += self.step_samples if state.policy.committed else self.first_step_samples
         return events
 
     def flush(self, state: RecognizerState, tail: VadWindow) -> list[PipelineEvent]:
@@ -118,7 +124,8 @@ class Recognizer:
     def _on_vad(self, state: RecognizerState, event: VadEvent) -> list[PipelineEvent]:
         if event.kind == "start":
             if state.utterance is None:
-                state.utterance = Utterance(start=event.start_sample, next_step=event.start_sample + self.step_samples)
+                state.utterance = Utterance(start=event.start_sample,
+                                            next_step=event.start_sample + self.first_step_samples)
             return [SpeechOnset(event.start_s, self._seconds(state.done))]
         if state.utterance is None or event.end_sample is None:
             return []
