@@ -43,7 +43,7 @@ def quality(figs: list[UtteranceFigures], target_language: str = "en") -> Qualit
         refs = [f.reference for f in with_ref]
         hyps = [f.translation for f in with_ref]
         q = replace(q, bleu=bleu(hyps, refs, norm), chrf=chrf(hyps, refs, norm))
-        if any(f.asr_text for f in with_ref) or any(f.audio_out_s for f in with_ref):
+        if any(f.asr_text for f in with_ref):  # ASR ran (not --no-asr) and heard something
             asr = [f.asr_text for f in with_ref]
             q = replace(q, asr_bleu=bleu(asr, refs, norm), asr_chrf=chrf(asr, refs, norm))
     # the source transcript exists only where the server streams one (SOURCE_FINAL text; the Whisper
