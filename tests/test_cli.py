@@ -94,7 +94,10 @@ def test_latency_help_matches_the_engine_profiles():
 
     for name, profile in LATENCY_PROFILES.items():
         described = LATENCY_HELP.split(f"{name} = ", 1)[1].split(";", 1)[0]
+        assert {"alignatt": "AlignAtt", "local_agreement": "LocalAgreement-2"}[profile.policy] in described
         assert f"every {profile.step_s:g} s" in described
+        assert (f"every {profile.first_step_s:g} s" in described) == bool(profile.first_step_s)
+        assert ("beam search" in described) == (profile.beam_size > 1)
         assert (f"every {profile.phrase_max_words} words" in described) == (profile.phrase_max_words > 0)
 
 
