@@ -456,3 +456,11 @@ def test_attention_peaks_look_past_attention_sinks():
     assert all(abs(p - (10 + 12 * i)) <= 2 for i, p in enumerate(peaks))
     # Too few tokens for per-frame statistics: every peak is put past the end (nothing commits).
     assert attention_peaks(rows[:3]) == [frames] * 3
+
+
+def test_pieces_that_start_with_punctuation_attach_to_the_previous_word():
+    from relais.text import join_pieces
+
+    assert join_pieces(["He added", "that we", ", to answer", "their capacity", "."]) == \
+        "He added that we, to answer their capacity."
+    assert join_pieces(["", " a ", "(b)", "'c'"]) == "a (b) 'c'"

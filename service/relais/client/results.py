@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from relais.v1 import translator_pb2 as pb
+from relais.text import join_pieces
 from relais.wire import text_kind_name
 
 log = logging.getLogger(__name__)
@@ -139,13 +140,13 @@ class ClientResult:
     def translation(self) -> str:
         if self.summary is not None and self.summary.translation:
             return self.summary.translation
-        return " ".join(t.text.strip() for t in self.texts if t.kind == "translation_final" and t.text.strip())
+        return join_pieces(t.text for t in self.texts if t.kind == "translation_final")
 
     @property
     def transcript(self) -> str:
         if self.summary is not None and self.summary.transcript:
             return self.summary.transcript
-        return " ".join(t.text.strip() for t in self.texts if t.kind == "source_final" and t.text.strip())
+        return join_pieces(t.text for t in self.texts if t.kind == "source_final")
 
     @property
     def audio_out_s(self) -> float:

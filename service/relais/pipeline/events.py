@@ -17,6 +17,8 @@ from enum import Enum
 
 import numpy as np
 
+from relais.text import join_pieces
+
 
 class TextKind(str, Enum):
     SOURCE_PARTIAL = "source_partial"
@@ -122,9 +124,9 @@ class StreamStats:
     @property
     def translation(self) -> str:
         """Everything committed in the output language (the transcript, for transcription)."""
-        return " ".join(self.finals.get(TextKind.TRANSLATION_FINAL, []))
+        return join_pieces(self.finals.get(TextKind.TRANSLATION_FINAL, []))
 
     @property
     def transcript(self) -> str:
         """The source transcript (only transcription sessions stream one)."""
-        return " ".join(self.finals.get(TextKind.SOURCE_FINAL, []))
+        return join_pieces(self.finals.get(TextKind.SOURCE_FINAL, []))

@@ -51,6 +51,7 @@ class Utterance:
     start: int  # first sample (absolute)
     next_step: int  # sample at which the next hypothesis is due
     committed_text: str = ""  # text of the policy's committed tokens
+    hold_at: int | None = None  # committed length whose last word waits for its punctuation
 
 
 @dataclass
@@ -202,11 +203,17 @@ class Recognizer:
 
     def _releasable(self, state: RecognizerState, final: bool) -> int:
         """How many committed tokens may leave as text. A commit may stop right before punctuation
-        the hypotheses disagree on ("," or "."); the last word then waits for it, so no text piece
-        ever starts with punctuation (clients join pieces with spaces)."""
-        committed, tail = state.policy.committed, state.policy.tail
+        the hypotheses disagree on ("," or "."); the last word then waits until a token is committed
+        after it (or the utterance ends), so no text piece ever starts with punctuation (clients
+        join pieces with spaces)."""
+        committed, tail, utt = state.policy.committed, state.policy.tail, state.utterance
         tok = self.whisper.tokenizer
-        if final or not tail or not tok.is_punctuation(tail[0]):
+        if final:
+            return len(committed)
+        if tail and tok.is_punctuation(tail[0]):
+            utt.hold_at = len(committed)
+        if utt.hold_at != len(committed):
+            utt.hold_at = None
             return len(committed)
         i = len(committed) - 1
         while i > 0 and not tok.is_word_start(committed[i]):

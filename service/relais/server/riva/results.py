@@ -27,6 +27,7 @@ from riva.client.proto import riva_tts_pb2 as rtts
 
 from relais.audio.stream import OutputEncoder
 from relais.pipeline.events import PipelineEvent, SpeechSegment, TextKind, TextSegment, UtteranceEnd
+from relais.text import join_pieces
 
 CHANNEL_TAG = 1  # Riva numbers channels from 1
 
@@ -46,7 +47,7 @@ class UtteranceText:
 
     @property
     def committed(self) -> str:
-        return " ".join(p.text for p in self.pieces)
+        return join_pieces(p.text for p in self.pieces)
 
 
 class RecognitionResults:

@@ -162,7 +162,9 @@ function onText(text) {
   if (text.kind === "TRANSLATION_PARTIAL") {
     ui.partial.textContent = text.text;
   } else if (text.kind === "TRANSLATION_FINAL") {
-    ui.final.textContent = trimmed(`${ui.final.textContent} ${text.text}`.trim());
+    // a piece starting with punctuation attaches to the previous word (relais/text.py)
+    const glue = /^[.,;:!?…)\]}»]/.test(text.text) ? "" : " ";
+    ui.final.textContent = trimmed(`${ui.final.textContent}${glue}${text.text}`.trim());
     ui.partial.textContent = "";
     const span = text.sourceSpan;
     const start = Math.max(span.startS, run.cueEnd);
