@@ -7,6 +7,7 @@ gRPC status codes:
 
     InvalidRequest     -> INVALID_ARGUMENT (the message reaches the client)
     ResourceExhausted  -> RESOURCE_EXHAUSTED
+    DeadlineExceeded   -> DEADLINE_EXCEEDED (a time limit of the server: server.max_session_s, idle_timeout_s)
     Unavailable        -> UNAVAILABLE
     Unimplemented      -> UNIMPLEMENTED (the message says what the server can do instead)
     Unauthenticated    -> UNAUTHENTICATED (no token, or an unknown one)
@@ -25,7 +26,12 @@ class InvalidRequest(ValueError):
 
 
 class ResourceExhausted(Exception):
-    """A limit was reached (concurrent sessions, session duration)."""
+    """A limit was reached (concurrent sessions)."""
+
+
+class DeadlineExceeded(Exception):
+    """A time limit of the server ran out (a stream's wall-clock limit, no audio for too long); the message
+    names the config key and its value."""
 
 
 class Unavailable(Exception):

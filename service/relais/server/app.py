@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from relais.pipeline.engine import TranslationEngine
 from relais.server.auth import TokenStore
-from relais.server.config import ServerConfig, load_config
+from relais.server.config import ServerConfig, ServerSection, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
 from relais.server.metrics import RelaisMetrics
 from relais.server.riva import add_riva_services
@@ -78,9 +78,10 @@ class RelaisServer:
             self.auth = TokenStore(self.config.auth, self.metrics)
         self._server = grpc.aio.server(
             interceptors=[ErrorMappingInterceptor(on_error=self._count_error, auth=self.auth)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes)])
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                     *grpc_keepalive_options(cfg)])
         self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
-                               max_session_s=cfg.max_session_s)
+                               max_session_s=cfg.max_session_s, idle_timeout_s=cfg.idle_timeout_s)
         servicer = SpeechTranslatorServicer(self.host)
         translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)
         riva_names = add_riva_services(self._server, self.host)  # Riva's API on the same port (docs/riva.md)
@@ -163,6 +164,24 @@ class RelaisServer:
         """Cut a drain short (a second signal)."""
         if self._force_stop is not None:
             self._force_stop.set()
+
+
+def grpc_keepalive_options(cfg: ServerSection) -> list[tuple[str, int]]:
+    """The gRPC channel arguments that find dead peers (server.keepalive_*; docs/security.md)."""
+    return [
+        ("grpc.keepalive_time_ms", round(cfg.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(cfg.keepalive_timeout_s * 1000)),
+        # By default gRPC stops sending keepalive pings after 2 with no data sent in between (newer versions
+        # throttle them to one a minute): a stream with nothing to send back (a silent speaker) would not
+        # be checked again. 0: no such limit.
+        ("grpc.http2.max_pings_without_data", 0),
+        # Accept clients' keepalive pings down to this interval (gRPC's default, 5 min, cuts off any client
+        # that pings more often while the server has nothing to send, e.g. through a pause in speech)...
+        ("grpc.http2.min_ping_interval_without_data_ms", round(cfg.keepalive_min_client_ping_s * 1000)),
+        # ...also on a connection without a call (a client keeping its channel warm between streams),
+        # which the server then pings too, so dead idle connections are closed as well.
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 def build_server(config: ServerConfig | None = None, engine: TranslationEngine | None = None) -> RelaisServer:

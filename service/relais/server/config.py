@@ -1,6 +1,8 @@
 """Server settings, loaded once at start: defaults, then a YAML file, then environment.
 
-    server:   {host, port, metrics_port, web_port, max_sessions, max_session_s, drain_grace_s, worker_threads}
+    server:   {host, port, metrics_port, web_port, health_port, max_sessions, max_session_s, idle_timeout_s,
+               max_message_mb, keepalive_time_s, keepalive_timeout_s, keepalive_min_client_ping_s,
+               drain_grace_s, worker_threads, metrics_created_series}
     models:   {dir, precision}
     runtime:  {providers, intra_op_threads, trt_cache_dir}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
@@ -43,8 +45,14 @@ class ServerSection:
     web_port: int = -1  # the browser page and WebSocket (docs/websocket.md); -1: off, 0: pick a free port
     health_port: int = -1  # plaintext grpc.health.v1 only, for probes when tls is on (docs/security.md); -1: off
     max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
-    max_session_s: float = 3600.0  # wall-clock limit of one stream
+    max_session_s: float = 3600.0  # wall-clock limit of one stream; past it DEADLINE_EXCEEDED
+    idle_timeout_s: float = 30.0  # a stream that sends nothing for this long ends with DEADLINE_EXCEEDED
     max_message_mb: int = 64  # largest gRPC message accepted (a whole file for Riva's Recognize)
+    # Dead peers (a client that vanished without closing its connection) hold a session slot until TCP
+    # gives up, which can take many minutes: the server pings a connection that has been quiet this long...
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0  # ...and closes it (its streams end, their slots freed) without an answer
+    keepalive_min_client_ping_s: float = 10.0  # clients may ping this often; faster is answered with GOAWAY
     drain_grace_s: float = 30.0  # on SIGTERM, how long in-flight streams may run on
     worker_threads: int = 0  # threads running sessions' model work; 0: one per allowed session
     metrics_created_series: bool = False  # export prometheus_client's *_created series
@@ -58,7 +66,10 @@ class ServerSection:
             value = getattr(self, key)
             _check(-1 <= value <= 65535, f"server.{key}", "must be -1 (off) or 0..65535 (0 picks a free port)", value)
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
-        _check(self.max_session_s > 0, "server.max_session_s", "must be > 0 seconds", self.max_session_s)
+        for key in ("max_session_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                    "keepalive_min_client_ping_s"):
+            value = getattr(self, key)
+            _check(value > 0, f"server.{key}", "must be > 0 seconds", value)
         _check(1 <= self.max_message_mb <= 2047, "server.max_message_mb", "must be 1..2047 (MB)", self.max_message_mb)
         _check(self.drain_grace_s >= 0, "server.drain_grace_s", "must be >= 0 seconds", self.drain_grace_s)
         _check(self.worker_threads >= 0, "server.worker_threads", "must be >= 0 (0 = automatic)",

@@ -5,6 +5,7 @@ status:
 
     InvalidRequest                   -> INVALID_ARGUMENT  (message passed through)
     ResourceExhausted                -> RESOURCE_EXHAUSTED
+    DeadlineExceeded                 -> DEADLINE_EXCEEDED (server.max_session_s, server.idle_timeout_s)
     Unavailable (warming, draining)  -> UNAVAILABLE
     Unimplemented                    -> UNIMPLEMENTED
     Unauthenticated                  -> UNAUTHENTICATED    (relais.server.auth: checked before the handler runs)
@@ -34,15 +35,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc import aio
 
-from relais.errors import (InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable,
-                           Unimplemented)
+from relais.errors import (DeadlineExceeded, InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated,
+                           Unavailable, Unimplemented)
 from relais.server.auth import metadata_value
 
 if TYPE_CHECKING:
     from relais.server.auth import Grant, TokenStore
 
-__all__ = ["ErrorMappingInterceptor", "InvalidRequest", "PermissionDenied", "ResourceExhausted", "Unauthenticated",
-           "Unavailable", "Unimplemented", "status_for"]
+__all__ = ["DeadlineExceeded", "ErrorMappingInterceptor", "InvalidRequest", "PermissionDenied", "ResourceExhausted",
+           "Unauthenticated", "Unavailable", "Unimplemented", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc) or "invalid request"
     if isinstance(exc, ResourceExhausted):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc) or "resource exhausted"
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
     if isinstance(exc, Unavailable):
         return grpc.StatusCode.UNAVAILABLE, str(exc) or "unavailable"
     if isinstance(exc, Unimplemented):

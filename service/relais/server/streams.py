@@ -4,8 +4,9 @@ A transport turns its first message into a ``StreamPlan`` (``messages.plan_strea
 for relais.v1), then hands ``StreamHost`` the rest of its input as an async iterator
 of audio bytes and a ``send`` coroutine for what comes back. The host owns what
 every transport must share: the serving gate (warming / serving / draining),
-admission (``max_sessions``), the session's life in the worker pool, the wall-clock
-report the Summary is built from, the session metrics and outcomes.
+admission (``max_sessions``), the time limits (``max_session_s``, ``idle_timeout_s``:
+DEADLINE_EXCEEDED), the session's life in the worker pool, the wall-clock report the
+Summary is built from, the session metrics and outcomes.
 
 The event loop only moves bytes: decoding is cheap numpy/soxr work, the session's
 model work runs in the worker pool (``push_audio`` / ``finish`` are blocking and,
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from relais.audio.stream import PIPELINE_RATE_HZ, InputDecoder
-from relais.errors import ResourceExhausted, Unavailable
+from relais.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from relais.pipeline.engine import TranslationEngine
 from relais.pipeline.events import PipelineEvent, SpeechSegment
 from relais.pipeline.scheduler import ModelScheduler
@@ -67,24 +68,27 @@ class Gate:
 
 @dataclass
 class StreamTicket:
-    """One stream's passage through the host: when it started and whether it holds a session slot."""
+    """One stream's passage through the host: its deadline, when the client last sent something, and
+    whether it holds a session slot."""
 
     deadline: float
+    heard_at: float  # monotonic time of the client's last message (the idle timeout counts from it)
     admitted: bool = False
     session_id: str = ""
 
 
 class StreamHost:
     def __init__(self, gate: Gate, metrics: RelaisMetrics, pool: Executor, *, max_sessions: int,
-                 max_session_s: float):
+                 max_session_s: float, idle_timeout_s: float):
         self.gate, self.metrics, self.pool = gate, metrics, pool
-        self.max_sessions, self.max_session_s = max_sessions, max_session_s
+        self.max_sessions, self.max_session_s, self.idle_timeout_s = max_sessions, max_session_s, idle_timeout_s
 
     @contextlib.asynccontextmanager
     async def accounting(self) -> AsyncIterator[StreamTicket]:
         """Wrap a whole stream: counts its outcome (ok, cancelled, error, rejected) and frees its slot.
         A client that went away ends the stream quietly (``ClientGone`` is swallowed)."""
-        ticket = StreamTicket(deadline=time.monotonic() + self.max_session_s)
+        now = time.monotonic()
+        ticket = StreamTicket(deadline=now + self.max_session_s, heard_at=now)
         outcome = "error"
         try:
             yield ticket
@@ -124,22 +128,26 @@ class StreamHost:
         return session
 
     async def next_before_deadline(self, iterator: AsyncIterator, ticket: StreamTicket, what: str):
-        """The iterator's next item (None at its end), or RESOURCE_EXHAUSTED past max_session_s."""
+        """The iterator's next item (None at its end), or DEADLINE_EXCEEDED: nothing for idle_timeout_s,
+        or past max_session_s."""
         try:
-            return await asyncio.wait_for(anext(iterator, None), timeout=max(0.0, ticket.deadline - time.monotonic()))
+            item = await asyncio.wait_for(anext(iterator, None), timeout=self._time_left(ticket))
         except asyncio.TimeoutError:
-            raise ResourceExhausted(f"no {what} within server.max_session_s={self.max_session_s:g} s") from None
+            raise self._expired(ticket, what) from None
+        ticket.heard_at = time.monotonic()
+        return item
 
     async def run(self, ticket: StreamTicket, session: StreamingSession, plan: StreamPlan,
                   chunks: AsyncIterator[bytes], send: Send, cancelled: Callable[[], bool]) -> StreamSummary:
         """Feed ``chunks`` to the session, ``send`` what each call produced; the stream's summary."""
         report, queue = StreamReport(sink=self.metrics), asyncio.Queue()
-        reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue))
+        ticket.heard_at = time.monotonic()  # opening the session was our time, not the client's silence
+        reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue, ticket))
         self.metrics.live.add(report)
         try:
             ended, taken = False, 0
             while not ended:
-                items = [await self._get_before(queue, ticket.deadline)]
+                items = [await self._get_before(queue, ticket)]
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 for item in items:
@@ -179,21 +187,34 @@ class StreamHost:
                 self.metrics.audio_seconds_total.labels(direction="out").inc(event.duration_s)
         await send(events, report, now)
 
-    async def _get_before(self, queue: asyncio.Queue, deadline: float):
+    async def _get_before(self, queue: asyncio.Queue, ticket: StreamTicket):
+        """The reader's next item; it stamps ``heard_at`` as chunks arrive, so audio that arrived while
+        the session was busy counts as heard."""
         try:
-            return await asyncio.wait_for(queue.get(), timeout=max(0.0, deadline - time.monotonic()))
+            return await asyncio.wait_for(queue.get(), timeout=self._time_left(ticket))
         except asyncio.TimeoutError:
-            raise ResourceExhausted(f"the stream ran past server.max_session_s={self.max_session_s:g} s; "
-                                    f"open a new stream to continue") from None
+            raise self._expired(ticket, "audio") from None
+
+    def _time_left(self, ticket: StreamTicket) -> float:
+        """Seconds until the first of the stream's two deadlines: the session's end, or the idle limit."""
+        return max(0.0, min(ticket.deadline, ticket.heard_at + self.idle_timeout_s) - time.monotonic())
+
+    def _expired(self, ticket: StreamTicket, what: str) -> DeadlineExceeded:
+        """The error for a wait that ran out, naming the limit that did it."""
+        if ticket.deadline <= ticket.heard_at + self.idle_timeout_s:
+            return DeadlineExceeded(f"the stream ran past server.max_session_s={self.max_session_s:g} s; "
+                                    f"open a new stream to continue")
+        return DeadlineExceeded(f"no {what} for {self.idle_timeout_s:g} s (server.idle_timeout_s)")
 
 
 async def _read_audio(chunks: AsyncIterator[bytes], decoder: InputDecoder, report: StreamReport,
-                      queue: asyncio.Queue) -> None:
+                      queue: asyncio.Queue, ticket: StreamTicket) -> None:
     """Decode chunks as they arrive and stamp them; ends with _END, or with the exception."""
     try:
         async for data in chunks:
             audio = decoder.decode(data)
-            report.arrived(decoder.received_s, time.monotonic())
+            ticket.heard_at = time.monotonic()
+            report.arrived(decoder.received_s, ticket.heard_at)
             queue.put_nowait(audio)
         queue.put_nowait(_END)
     except asyncio.CancelledError:

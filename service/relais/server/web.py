@@ -48,7 +48,8 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from relais.errors import InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
+from relais.errors import (DeadlineExceeded, InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated,
+                           Unavailable)
 from relais.pipeline.events import PipelineEvent
 from relais.server.auth import TokenStore, metadata_value
 from relais.server.interceptor import status_for
@@ -92,6 +93,7 @@ CLOSE_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (WrongFrameType, CloseCode.UNSUPPORTED_DATA),  # 1003
     (FrameTooBig, CloseCode.MESSAGE_TOO_BIG),  # 1009
     (InvalidRequest, 4003),  # 4000 + INVALID_ARGUMENT (3)
+    (DeadlineExceeded, 4004),  # 4000 + DEADLINE_EXCEEDED (4)
     (PermissionDenied, 4007),  # 4000 + PERMISSION_DENIED (7)
     (Unauthenticated, 4016),  # 4000 + UNAUTHENTICATED (16)
     (ResourceExhausted, 4008),  # 4000 + RESOURCE_EXHAUSTED (8)
