@@ -42,11 +42,12 @@ def finals(events) -> list[str]:
     return [e.text for e in events if isinstance(e, TextSegment) and e.kind == TextKind.TRANSLATION_FINAL]
 
 
-def test_committed_text_is_the_same_for_any_chunk_size(engine):
+@pytest.mark.parametrize("mode", ["balanced", "low"])  # LocalAgreement and AlignAtt
+def test_committed_text_is_the_same_for_any_chunk_size(engine, mode):
     audio = load_audio(load_manifest("fr_en_dev")[1].path)
     results = {}
     for chunk_s in (0.02, 0.1, 1.0):
-        stats, events = stream(engine, audio, chunk_s, source_language="fr")
+        stats, events = stream(engine, audio, chunk_s, source_language="fr", latency_mode=mode, return_audio=False)
         results[chunk_s] = (finals(events), stats.translation)
     assert results[0.02] == results[0.1] == results[1.0]
     assert len(results[1.0][0]) >= 2  # committed incrementally, not only at the end
