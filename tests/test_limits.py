@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +49,8 @@ def test_keepalive_keys_become_grpc_options():
     server = ServerConfig().replace(server={"keepalive_time_s": 45, "keepalive_timeout_s": 5.5,
                                             "keepalive_min_client_ping_s": 15}).server
     assert dict(grpc_keepalive_options(server)) == {
-        "grpc.keepalive_time_ms": 45000, "grpc.keepalive_timeout_ms": 5500, "grpc.http2.max_pings_without_data": 0,
+        "grpc.keepalive_time_ms": 45000, "grpc.keepalive_timeout_ms": 5500, "grpc.http2.ping_timeout_ms": 5500,
+        "grpc.http2.max_pings_without_data": 0,
         "grpc.http2.min_ping_interval_without_data_ms": 15000, "grpc.keepalive_permit_without_calls": 1}
 
 
@@ -215,3 +217,58 @@ def test_keepalive_pings(model_set, engine, min_client_ping_s, expected, message
         if expected == grpc.StatusCode.OK:
             assert responses[-1].HasField("summary")
         assert _sessions_active(handle) == 0
+
+
+class _BlackHole:
+    """A TCP proxy for one connection that, once ``cut`` is set, drops every byte both ways without closing
+    anything: to the server the client has vanished (as behind a dead NAT entry)."""
+
+    def __init__(self, target_port: int):
+        self.cut = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._target_port = target_port
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        server = socket.create_connection(("127.0.0.1", self._target_port))
+        self._sockets += [client, server]
+        for source, sink in ((client, server), (server, client)):
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.cut.is_set():
+                    sink.sendall(data)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_keepalive_frees_the_slot_of_a_vanished_client(model_set, engine):
+    """The client's connection goes silent both ways (no FIN, no RST): the server's pings go unanswered
+    (keepalive every 1 s, 1 s to answer any ping here), it closes the connection and the stream's slot is
+    freed, long before the idle timeout (60 s here) would have."""
+    config = _config(model_set, keepalive_time_s=1, keepalive_timeout_s=1, idle_timeout_s=60)
+    with start_in_process(config, engine=engine) as handle:
+        proxy = _BlackHole(handle.server.port)
+        over = threading.Event()
+        channel = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
+        try:
+            call = pb_grpc.SpeechTranslatorStub(channel).Translate(_chunks(over, None), timeout=60)
+            assert next(call).HasField("started")
+            assert _sessions_active(handle, settle_s=0) == 1
+            proxy.cut.set()
+            cut_at = time.monotonic()
+            assert _sessions_active(handle, settle_s=20) == 0
+            freed_s = time.monotonic() - cut_at
+        finally:
+            over.set()
+            channel.close()
+            proxy.close()
+        assert freed_s < 6, freed_s  # keepalive 1 s + 1 s, and gRPC's own timers
+        assert _metric(handle.server.metrics.exposition().decode(), 'relais_sessions_total{outcome="cancelled"}') == 1

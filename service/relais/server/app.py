@@ -171,6 +171,9 @@ def grpc_keepalive_options(cfg: ServerSection) -> list[tuple[str, int]]:
     return [
         ("grpc.keepalive_time_ms", round(cfg.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", round(cfg.keepalive_timeout_s * 1000)),
+        # The same bound for gRPC's other pings (flow-control probes, 60 s by default): one left unanswered
+        # by a vanished peer holds the keepalive ping back (one ping in flight at a time) until it times out.
+        ("grpc.http2.ping_timeout_ms", round(cfg.keepalive_timeout_s * 1000)),
         # By default gRPC stops sending keepalive pings after 2 with no data sent in between (newer versions
         # throttle them to one a minute): a stream with nothing to send back (a silent speaker) would not
         # be checked again. 0: no such limit.
