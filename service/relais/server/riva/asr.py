@@ -52,7 +52,7 @@ class RivaSpeechRecognitionServicer(rasr_grpc.RivaSpeechRecognitionServicer):
             if not request.audio:
                 raise InvalidRequest("Recognize: audio is empty; send the whole file in RecognizeRequest.audio")
             decoder, audio = whole_file_input(request.config, request.audio)
-            plan, code = recognition_plan(engine, request.config, decoder, "config")
+            plan, code = recognition_plan(engine, request.config, decoder, "config", default_latency="quality")
             host.admit(ticket)
             session = await host.open_session(ticket, plan, f"riva Recognize {context.peer()}")
             results = RecognitionResults(code, interim=False, word_times=request.config.enable_word_time_offsets)

@@ -80,8 +80,9 @@ def speech_encoder(encoding: int, rate_hz: int, voice_rate_hz: int, prefix: str)
 
 
 def recognition_plan(engine: TranslationEngine, config: rasr.RecognitionConfig, decoder: InputDecoder,
-                     prefix: str) -> tuple[StreamPlan, str]:
-    """Transcription of one language into itself (StreamingRecognize, Recognize); also its BCP-47 code."""
+                     prefix: str, default_latency: str = "balanced") -> tuple[StreamPlan, str]:
+    """Transcription of one language into itself (StreamingRecognize, Recognize); also its BCP-47 code.
+    Recognize has the whole file, so nothing is gained by committing early: it defaults to quality."""
     code = config.language_code.strip() or DEFAULT_LANGUAGE_CODE
     language = language_of(code, f"{prefix}.language_code")
     if language == AUTO:
@@ -90,7 +91,7 @@ def recognition_plan(engine: TranslationEngine, config: rasr.RecognitionConfig, 
     check_source(engine, language, f"{prefix}.language_code", code)
     note_model(engine, config.model, f"{prefix}.model")
     cfg = engine.session_config(source_language=language, target_language=language, return_audio=False,
-                                latency_mode=_latency(config))
+                                latency_mode=_latency(config, default_latency))
     return StreamPlan(cfg, decoder, OutputEncoder(AudioFormatSpec(), PIPELINE_RATE_HZ)), bcp47(language)
 
 
@@ -122,5 +123,5 @@ def translation_plan(engine: TranslationEngine, asr: rasr.StreamingRecognitionCo
     return StreamPlan(cfg, decoder, encoder), bcp47(target)
 
 
-def _latency(config: rasr.RecognitionConfig) -> str:
-    return config.custom_configuration.get("latency_mode", "balanced").strip().lower() or "balanced"
+def _latency(config: rasr.RecognitionConfig, default: str = "balanced") -> str:
+    return config.custom_configuration.get("latency_mode", default).strip().lower() or default
