@@ -42,7 +42,7 @@ def finals(events) -> list[str]:
     return [e.text for e in events if isinstance(e, TextSegment) and e.kind == TextKind.TRANSLATION_FINAL]
 
 
-@pytest.mark.parametrize("mode", ["balanced", "low"])  # LocalAgreement and AlignAtt
+@pytest.mark.parametrize("mode", ["balanced", "quality"])  # AlignAtt and LocalAgreement
 def test_committed_text_is_the_same_for_any_chunk_size(engine, mode):
     audio = load_audio(load_manifest("fr_en_dev")[1].path)
     results = {}
@@ -211,11 +211,10 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
 @pytest.mark.parametrize("clip_index,language,profile", [
     (0, None, LATENCY_PROFILES["balanced"]),
     (1, "fr", LATENCY_PROFILES["low"]),
-    (1, "fr", LatencyProfile("alignatt", step_s=0.5, agreement=1, phrase_max_words=6, policy="alignatt",
-                             frame_threshold=10, beam_size=3)),
+    (1, "fr", LATENCY_PROFILES["quality"]),
     (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0,
                              first_step_s=0.5)),
-], ids=["balanced-auto-23s", "low", "alignatt-beam3", "la-hold-first-step"])
+], ids=["balanced-alignatt-auto-23s", "low-alignatt", "quality-la-beam3", "la-hold-first-step"])
 def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
     """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline
     decode of the whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the

@@ -79,13 +79,15 @@ class LatencyProfile:
         return dataclasses.replace(self, **converted)
 
 
-# Points on the frontier measured on fr_en_dev (docs/benchmarks/frontier): low is AlignAtt,
-# committing from one hypothesis; balanced LocalAgreement-2 that decides every 0.5 s until
-# an utterance's first commit; quality waits longer and beam-searches each final decode.
+# Points on the frontier measured on fr_en_dev (docs/benchmarks.md, "Quality-latency frontier"):
+# AlignAtt commits from one hypothesis, deciding every 0.5 s until an utterance's first commit,
+# and beam-searches each final decode; low lets tokens attend closer to the audio's end (0.6 s
+# instead of 0.8 s). quality is LocalAgreement-2 every 2 s with the same final beam.
 LATENCY_PROFILES = {
     "low": LatencyProfile("low", step_s=1.0, agreement=1, phrase_max_words=4, policy="alignatt",
-                          frame_threshold=40),
-    "balanced": LatencyProfile("balanced", step_s=1.0, agreement=2, phrase_max_words=6, first_step_s=0.5),
+                          frame_threshold=30, first_step_s=0.5, beam_size=3),
+    "balanced": LatencyProfile("balanced", step_s=1.0, agreement=1, phrase_max_words=4, policy="alignatt",
+                               frame_threshold=40, first_step_s=0.5, beam_size=3),
     "quality": LatencyProfile("quality", step_s=2.0, agreement=2, phrase_max_words=0, beam_size=3),
 }
 
