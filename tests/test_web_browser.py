@@ -196,7 +196,11 @@ def test_a_dropped_file_streams_at_real_time(web_server, browser_paths, artifact
         driver.quit()
     assert state["summary"] is not None and state["closeCode"] == 1000, state
     assert state["summary"]["audioInS"] == pytest.approx(duration_s, abs=0.1)
-    assert "added" in state["summary"]["translation"].lower()
+    # The browser resamples the file (48 kHz context), so the audio, and with AlignAtt sometimes the
+    # first words, differ slightly from a direct stream: ask for the clip's content words.
+    translation = state["summary"]["translation"].lower()
+    assert sum(w in translation for w in ("added", "obligations", "development", "responsib", "capa")) >= 3, \
+        translation
     assert state["audioChunks"] == 0  # speech=0: text only
     # real time: from its first look, the page never sent audio faster than the wall clock ran
     assert pace and all(sent - pace[0][1] <= elapsed + 0.3 for elapsed, sent in pace), pace
