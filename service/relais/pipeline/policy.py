@@ -150,9 +150,6 @@ class LocalAgreementPolicy:
             length = max(length, _boundary_trim(self, len(newest) - self.max_unstable_tokens, [newest]))
         if length == 0 and self.max_hold_steps is not None and state.stalled + 1 >= self.max_hold_steps:
             length = _boundary_trim(self, len(newest) - 1, [newest])
-        if length == 0:
-            state.stalled += 1
-            return []
         return _commit(state, newest[:length])
 
     def flush(self, state: PolicyState, hypothesis: list[int]) -> list[int]:
@@ -199,14 +196,10 @@ class AlignAttPolicy:
                              f"{len(newest)} tokens (is the Whisper export older than the alignment output?)")
         state.history.append(newest)
         del state.history[: -self.agreement]
-        if len(state.history) < self.agreement:
-            state.stalled += 1
-            return []
-        length = min(self.border(peaks, audio_frames, len(newest)), longest_common_prefix(state.history))
-        length = _boundary_trim(self, length, state.history)
-        if length == 0:
-            state.stalled += 1
-            return []
+        length = 0
+        if len(state.history) == self.agreement:
+            length = min(self.border(peaks, audio_frames, len(newest)), longest_common_prefix(state.history))
+            length = _boundary_trim(self, length, state.history)
         return _commit(state, newest[:length])
 
     def flush(self, state: PolicyState, hypothesis: list[int]) -> list[int]:
@@ -236,6 +229,10 @@ def _boundary_trim(policy: _Boundaries, length: int, seqs: Sequence[Sequence[int
 
 
 def _commit(state: PolicyState, new: list[int]) -> list[int]:
+    """Commit ``new`` (a prefix of the newest hypothesis); nothing to commit counts a stalled step."""
+    if not new:
+        state.stalled += 1
+        return []
     k = len(new)
     state.committed.extend(new)
     state.history = [h[k:] for h in state.history if h[:k] == new]

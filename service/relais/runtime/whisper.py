@@ -190,8 +190,7 @@ class WhisperModel:
         committed text tokens; ``history`` (those committed tokens) lets the loop guard
         catch output that repeats text already committed. With an alignment output, each
         token's attention peak is computed (:func:`attention_peaks`) for AlignAtt."""
-        limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
-        max_new = min(max_new_tokens or limit, limit)
+        max_new = self._token_limit(enc, prompt, max_new_tokens)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
         out: list[int] = []
@@ -238,8 +237,7 @@ class WhisperModel:
         log-probability per token wins. ``beam_size`` 1 is :meth:`greedy`."""
         if beam_size <= 1:
             return self.greedy(enc, prompt, max_new_tokens, at_start=at_start, history=history)
-        limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
-        max_new = min(max_new_tokens or limit, limit)
+        max_new = self._token_limit(enc, prompt, max_new_tokens)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
         beams: list[tuple[list[int], float]] = [([], 0.0)]
@@ -282,6 +280,11 @@ class WhisperModel:
         avg = total / max(1, len(tokens) + int(ended))
         return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), ended, avg, [],
                             [], self.audio_frames(enc))
+
+    def _token_limit(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None) -> int:
+        """New tokens a decode may emit: the text context left, and a rate bound against loops."""
+        limit = min(self.n_text_ctx - len(prompt), TOKEN_ALLOWANCE + int(MAX_TOKENS_PER_S * enc.duration_s))
+        return min(max_new_tokens or limit, limit)
 
     def audio_frames(self, enc: EncodedAudio) -> int:
         """Encoder frames that hold audio rather than padding."""
