@@ -464,3 +464,22 @@ def test_pieces_that_start_with_punctuation_attach_to_the_previous_word():
     assert join_pieces(["He added", "that we", ", to answer", "their capacity", "."]) == \
         "He added that we, to answer their capacity."
     assert join_pieces(["", " a ", "(b)", "'c'"]) == "a (b) 'c'"
+
+
+def test_only_alignatt_without_agreement_lets_the_decoder_stop_at_the_border():
+    assert AlignAttPolicy(frame_threshold=40).stop_frame(300) == 260
+    assert AlignAttPolicy(frame_threshold=40).stop_frame(20) == 0  # shorter than the threshold: stop anywhere
+    assert AlignAttPolicy(frame_threshold=40, agreement=2).stop_frame(300) is None  # compares whole hypotheses
+    assert LocalAgreementPolicy(n=2).stop_frame(300) is None
+
+
+def test_last_peak_is_the_last_row_of_attention_peaks():
+    import numpy as np
+
+    from relais.runtime.whisper import MIN_ALIGNMENT_ROWS, attention_peaks, last_peak
+
+    rows = np.random.default_rng(3).random((12, 80))
+    for n in range(1, 13):
+        expected = attention_peaks(rows[:n])[-1]
+        assert last_peak(rows[:n]) == expected, n
+    assert last_peak(rows[: MIN_ALIGNMENT_ROWS - 1]) == 80  # too few rows: past the last frame

@@ -177,7 +177,8 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
         if final:
             return whisper.beam_search(enc, prompt + state.committed, profile.beam_size,
                                        at_start=not state.committed, history=state.committed)
-        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed)
+        return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed,
+                              stop_frame=policy.stop_frame(whisper.audio_frames(enc)))
 
     def close(end: int) -> None:
         nonlocal context, utt

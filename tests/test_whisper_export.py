@@ -12,7 +12,7 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.eval.scores import bleu, wer
 from relais.models.metadata import read_metadata
-from relais.runtime.whisper import WhisperModel
+from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel
 from relais_export.errors import ExportError
 from relais_export.whisper.reference import reference_features, reference_greedy
 
@@ -157,6 +157,24 @@ def test_base_alignment_follows_the_speech(base):
     int8 = base["int8"]
     peaks8 = _alignment(int8, int8.encode(audio, pad_to_s=30), prompt + tokens)[rows].argmax(-1)
     assert np.mean(np.abs(peaks8 - peaks) <= 5) >= 0.9, (peaks, peaks8)
+
+
+def test_base_greedy_stops_after_the_alignatt_border(base):
+    """On the first 8 s of a real clip (what a stream has heard), decoding stops a few tokens
+    after the first one whose attention reaches the border (0.8 s before the audio's end): a
+    prefix of the whole hypothesis (measured: 14 of 23 tokens), not ended, that still holds a
+    token at the border."""
+    model = base["fp32"]
+    audio = load_audio(load_manifest("fr_en_dev")[0].path)[: 8 * 16000]
+    enc = model.encode(audio, pad_to_s=9)
+    prompt = model.prompt("translate", "fr")
+    whole = model.greedy(enc, prompt)
+    border = model.audio_frames(enc) - 40
+    stopped = model.greedy(enc, prompt, stop_frame=border)
+    assert STOP_LOOKAHEAD < len(stopped.tokens) < len(whole.tokens), (stopped.text, whole.text)
+    assert stopped.tokens == whole.tokens[: len(stopped.tokens)] and not stopped.ended
+    assert max(stopped.peaks) >= border > min(stopped.peaks), stopped.peaks
+    assert model.greedy(enc, prompt, stop_frame=10_000).tokens == whole.tokens  # never reached: decode it all
 
 
 def test_tiny_en_prompt_and_language_errors(tiny, base):

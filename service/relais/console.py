@@ -103,4 +103,6 @@ def summary_line(result: ClientResult, speed: float) -> str:
              f"first audio {first_audio_s:.2f} s" if first_audio_s is not None else "first audio -",
              lag_figure(result, speed),
              f"RTF {s.real_time_factor:.2f}" if s is not None else f"wall/audio {t.client_rtf:.2f}"]
+    if s is not None and s.degraded_fraction > 0:
+        parts.append(f"server loaded: {s.degraded_fraction:.0%} of decisions skipped")
     return " | ".join(parts)

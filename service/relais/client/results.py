@@ -91,6 +91,8 @@ class ServerSummary:
     detected_language: str
     translation: str
     transcript: str
+    degraded_fraction: float = 0.0  # share of the latency mode's decisions skipped because the server was loaded
+    queue_wait_s: float = 0.0  # seconds the stream's model calls waited for the server's scheduler
 
 
 ClientEvent = SessionInfo | TextReceived | AudioReceived | ServerSummary
@@ -178,7 +180,8 @@ def response_event(response: pb.TranslateResponse, arrival: Arrival, result: Cli
         s = response.summary
         result.summary = ServerSummary(s.audio_in_s, s.audio_out_s, s.first_text_latency_s, s.first_audio_latency_s,
                                        s.mean_output_lag_s, s.max_output_lag_s, s.real_time_factor,
-                                       s.detected_language, s.translation, s.transcript)
+                                       s.detected_language, s.translation, s.transcript,
+                                       s.degraded_fraction, s.queue_wait_s)
         return result.summary
     log.warning("ignoring an unknown response (%s)", which)
     return None

@@ -187,7 +187,8 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
             failed = sum(r.result is None for r in batch.runs)
             s = summarise(figs, failed, args.target, concurrency=n)
             levels_out.append(ConcurrencyLevel(n, len(figs), failed, s.lag_p50_s, s.lag_p95_s, s.rtf,
-                                               s.client_wall_rtf, s.start_offset_s, batch.wall_s))
+                                               s.client_wall_rtf, s.start_offset_s, batch.wall_s,
+                                               s.quality.bleu, s.degraded_fraction))
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
                 lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []

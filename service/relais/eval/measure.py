@@ -116,6 +116,7 @@ class UtteranceFigures:
     lags: list[LagPoint] = field(default_factory=list)
     rtf: float | None = None  # server compute seconds / source seconds
     client_wall_rtf: float | None = None  # client wall time of the whole exchange / source seconds
+    degraded_fraction: float | None = None  # share of the latency mode's decisions the loaded server skipped
     # the server's own view (Summary) and the client's matching figures, for the Prometheus comparison
     server_first_audio_from_onset_s: float | None = None
     client_first_audio_from_onset_s: float | None = None
@@ -190,6 +191,7 @@ def measure(result: ClientResult, utt_id: str, duration_s: float, mode: str, *, 
     s = result.summary
     if s is not None:
         fig.rtf = s.real_time_factor
+        fig.degraded_fraction = s.degraded_fraction
         fig.server_mean_lag_s = s.mean_output_lag_s if finals else None
         if chunks and s.first_audio_latency_s > 0:
             fig.server_first_audio_from_onset_s = s.first_audio_latency_s

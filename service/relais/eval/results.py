@@ -77,6 +77,7 @@ class StreamSummary:
     rtf: float | None = None
     client_wall_rtf: float | None = None
     lag_mean_s: float | None = None
+    degraded_fraction: float | None = None
     # every lag event of every utterance
     lag_p50_s: float | None = None
     lag_p95_s: float | None = None
@@ -92,7 +93,8 @@ class StreamSummary:
 
 # the StreamSummary fields that are means of the UtteranceFigures field of the same name
 MEAN_FIELDS = ("al_s", "laal_s", "ap", "dal_s", "atd_text_s", "first_text_s", "start_offset_s", "end_offset_s",
-               "atd_speech_s", "discontinuities", "discontinuity_s", "rtf", "client_wall_rtf", "lag_mean_s")
+               "atd_speech_s", "discontinuities", "discontinuity_s", "rtf", "client_wall_rtf", "lag_mean_s",
+               "degraded_fraction")
 
 
 def _mean(values) -> float | None:
@@ -122,6 +124,8 @@ class ConcurrencyLevel:
     client_wall_rtf: float | None  # mean per-stream wall time / source time
     start_offset_s: float | None
     wall_s: float
+    bleu: float | None = None  # over the streams that ran (refused ones are n_failed)
+    degraded_fraction: float | None = None  # mean share of decisions skipped under load
 
 
 def max_concurrency_under(levels: list[ConcurrencyLevel], bound_s: float) -> int | None:

@@ -125,16 +125,19 @@ class ProfileError(ValueError):
 
 def engine_config(models_dir=None, latency_overrides: dict | None = None):
     """The in-process engine's config; ``latency_overrides`` (LatencyProfile fields) go on top of every profile."""
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from relais.pipeline.engine import EngineConfig
+    from relais.server.config import load_config
 
+    # what `relais serve` would build from the environment (RELAIS_LOAD_SHED_WAIT_S=0...), on these models
+    base = replace(load_config(None).engine_config(), models_dir=models_dir)
     if not latency_overrides:
-        return EngineConfig(models_dir=models_dir)
+        return base
     if "latency_overrides" not in {f.name for f in fields(EngineConfig)}:
         raise ProfileError("--profile: this server build has no EngineConfig.latency_overrides")
     try:
-        return EngineConfig(models_dir=models_dir, latency_overrides=dict(latency_overrides))
+        return replace(base, latency_overrides=dict(latency_overrides))
     except (TypeError, ValueError) as exc:
         raise ProfileError(f"--profile: {exc}") from exc
 

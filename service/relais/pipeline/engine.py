@@ -19,7 +19,7 @@ import numpy as np
 from relais.errors import InvalidRequest
 from relais.models.manifest import ModelEntry, load_model_set
 from relais.pipeline.policy import AlignAttPolicy, LocalAgreementPolicy, SimultaneousPolicy
-from relais.pipeline.recognizer import Recognizer, RecognizerSettings
+from relais.pipeline.recognizer import LoadShedding, Recognizer, RecognizerSettings
 from relais.pipeline.scheduler import ModelScheduler, StageObserver, StreamCalls
 from relais.pipeline.session import StreamingSession
 from relais.pipeline.speaker import Speaker, SpeechSettings
@@ -104,6 +104,8 @@ class EngineConfig:
     encoder_pad_s: float = 1.0  # silence appended to the audio the encoder sees
     context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
+    # Streams whose model calls queue decide less often (None: always on the profile's grid).
+    load_shedding: LoadShedding | None = field(default_factory=LoadShedding)
     # Changes applied on top of every latency profile (benchmarks and experiments):
     # {"policy": "alignatt", "step_s": 0.5, ...}; keys are LatencyProfile fields.
     latency_overrides: dict[str, object] = field(default_factory=dict)
@@ -260,7 +262,8 @@ class TranslationEngine:
             task=cfg.task, source_language=cfg.source_language, target_language=cfg.target_language,
             step_s=cfg.latency.step_s, max_utterance_s=self.config.max_utterance_s,
             encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens,
-            final_beam_size=cfg.latency.beam_size, first_step_s=cfg.latency.first_step_s)
+            final_beam_size=cfg.latency.beam_size, first_step_s=cfg.latency.first_step_s,
+            shedding=self.config.load_shedding)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
         speech = SpeechSettings(idle_backlog_s=cfg.latency.idle_backlog_s,
                                 min_length_factor=cfg.latency.min_length_factor)

@@ -81,9 +81,13 @@ class LanguageDetected:
 
 @dataclass(frozen=True)
 class ComputeSpent:
-    """Model compute of one push/finish call, seconds by stage (queue wait excluded)."""
+    """Model compute of one push/finish call, seconds by stage (queue wait excluded), and the
+    call's share of the stream's load figures."""
 
     stage_s: dict[str, float]
+    waited_s: float = 0.0  # queued for the scheduler
+    steps: int = 0  # hypothesis steps run
+    skipped_steps: float = 0.0  # hypothesis steps load shedding skipped
 
 
 PipelineEvent = TextSegment | SpeechSegment | SpeechOnset | UtteranceEnd | LanguageDetected | ComputeSpent
@@ -98,6 +102,9 @@ class StreamStats:
     speech_onset_s: float | None = None  # source time the VAD first heard speech
     detected_language: str = ""
     stage_s: dict[str, float] = field(default_factory=dict)  # cumulative compute per stage
+    waited_s: float = 0.0  # model calls queued for the scheduler
+    steps: int = 0  # hypothesis steps run
+    skipped_steps: float = 0.0  # hypothesis steps skipped by load shedding
     finals: dict[TextKind, list[str]] = field(default_factory=dict)
 
     def add(self, event: PipelineEvent) -> None:
@@ -115,11 +122,20 @@ class StreamStats:
             for stage, seconds in event.stage_s.items():
                 self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
                 self.compute_s += seconds
+            self.waited_s += event.waited_s
+            self.steps += event.steps
+            self.skipped_steps += event.skipped_steps
 
     def extend(self, events: list[PipelineEvent]) -> StreamStats:
         for event in events:
             self.add(event)
         return self
+
+    @property
+    def degraded_fraction(self) -> float:
+        """Share of the hypothesis steps the latency profile asked for that load shedding skipped."""
+        asked = self.steps + self.skipped_steps
+        return self.skipped_steps / asked if asked else 0.0
 
     @property
     def translation(self) -> str:

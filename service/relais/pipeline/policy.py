@@ -102,6 +102,10 @@ class SimultaneousPolicy(Protocol):
 
     def reset(self, state: PolicyState) -> None: ...
 
+    def stop_frame(self, audio_frames: int) -> int | None:
+        """Encoder frame at which a hypothesis may stop being decoded (None: decode it whole)."""
+        ...
+
 
 def longest_common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix of ``seqs`` (0 for no sequences)."""
@@ -160,6 +164,9 @@ class LocalAgreementPolicy:
         """Start a new utterance."""
         _reset(state)
 
+    def stop_frame(self, audio_frames: int) -> int | None:
+        return None  # agreement compares whole hypotheses
+
 
 @dataclass(frozen=True)
 class AlignAttPolicy:
@@ -182,6 +189,11 @@ class AlignAttPolicy:
 
     def border_frame(self, audio_frames: int) -> int:
         return max(0, audio_frames - self.frame_threshold)
+
+    def stop_frame(self, audio_frames: int) -> int | None:
+        """Nothing from the first token at the border on is committed, so with agreement 1 its
+        decode may stop there (the hybrid compares more of each hypothesis: decode it whole)."""
+        return self.border_frame(audio_frames) if self.agreement == 1 else None
 
     def border(self, peaks: Sequence[int], audio_frames: int, length: int) -> int:
         """Index of the first token attending within the threshold of the audio end (``length`` if none)."""

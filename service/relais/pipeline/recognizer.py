@@ -33,6 +33,32 @@ IDLE_KEEP_S = 2.0  # audio kept while no utterance is open (a VAD start reaches 
 
 
 @dataclass(frozen=True)
+class LoadShedding:
+    """Deciding less often when the server is loaded, instead of falling behind.
+
+    After each hypothesis step the stream looks at how long its model calls queued for the
+    scheduler since the previous one: longer than ``wait_high_s`` stretches the interval to
+    the next hypothesis by ``factor`` (up to ``max_stretch`` x the profile's step), under half
+    of it shrinks it back. A single stream on an idle server never queues, so its decode grid
+    (and committed text) is the unloaded one."""
+
+    wait_high_s: float = 0.25
+    factor: float = 1.5
+    max_stretch: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not (self.wait_high_s > 0 and self.factor > 1 and self.max_stretch >= 1):
+            raise ValueError(f"load shedding needs wait_high_s > 0, factor > 1, max_stretch >= 1; got {self}")
+
+    def next_stretch(self, stretch: float, waited_s: float) -> float:
+        if waited_s > self.wait_high_s:
+            return min(self.max_stretch, stretch * self.factor)
+        if waited_s < self.wait_high_s / 2:
+            return max(1.0, stretch / self.factor)
+        return stretch
+
+
+@dataclass(frozen=True)
 class RecognizerSettings:
     task: str  # "translate" (to English) or "transcribe"
     source_language: str | None  # None: detect on the first utterance
@@ -44,6 +70,7 @@ class RecognizerSettings:
     language_detect_min_s: float = 3.0  # detect the language on at least this much speech
     final_beam_size: int = 1  # beam search for an utterance's final decode (1: greedy)
     first_step_s: float = 0.0  # step until an utterance's first commit (0: step_s); a short one starts text sooner
+    shedding: LoadShedding | None = None  # None: always decide on the profile's grid
 
 
 @dataclass
@@ -63,6 +90,10 @@ class RecognizerState:
     audio_start: int = 0
     done: int = 0  # samples analysed so far (window ends)
     utterance: Utterance | None = None
+    stretch: float = 1.0  # load shedding: step interval / the profile's
+    steps: int = 0  # hypothesis steps run
+    skipped_steps: float = 0.0  # steps the profile's grid asked for that load shedding skipped
+    waited_mark: float = 0.0  # the stream's queue wait (StreamCalls.waited_s) at the last step
 
 
 class Recognizer:
@@ -99,8 +130,21 @@ class Recognizer:
                 state.utterance = Utterance(start=state.done, next_step=state.done + self.first_step_samples)
             elif state.done >= utt.next_step:
                 events += self._hypothesis_step(state, state.done)
-                utt.next_step += self.step_samples if state.policy.committed else self.first_step_samples
+                utt.next_step += self._next_interval(state)
         return events
+
+    def _next_interval(self, state: RecognizerState) -> int:
+        """Samples to the next hypothesis: the profile's step, stretched while calls queue."""
+        nominal = self.step_samples if state.policy.committed else self.first_step_samples
+        state.steps += 1
+        shedding = self.settings.shedding
+        if shedding is None:
+            return nominal
+        state.stretch = shedding.next_stretch(state.stretch, self.calls.waited_s - state.waited_mark)
+        state.waited_mark = self.calls.waited_s
+        interval = max(nominal, int(round(nominal * state.stretch / self.window)) * self.window)
+        state.skipped_steps += interval / nominal - 1
+        return interval
 
     def flush(self, state: RecognizerState, tail: VadWindow) -> list[PipelineEvent]:
         """End of the stream: the last partial window, then close the open utterance."""
@@ -158,8 +202,9 @@ class Recognizer:
         if final and self.settings.final_beam_size > 1:
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
                                   self.settings.final_beam_size, at_start=not committed, history=committed)
+        stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
         return self.calls.run("decoder", self.whisper.greedy, enc, prompt + committed,
-                              at_start=not committed, history=committed)
+                              at_start=not committed, history=committed, stop_frame=stop)
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []

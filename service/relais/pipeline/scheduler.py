@@ -11,6 +11,7 @@ several streams into one call) will be added.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ StageObserver = Callable[[str, float], None]
 class Timed(Generic[T]):
     value: T
     seconds: float  # compute time, excluding the wait for a slot
+    waited: float = 0.0  # time queued for a slot
+
+
+LOAD_WINDOW_S = 10.0  # utilisation is measured over the calls that ended in this window
 
 
 class ModelScheduler:
@@ -31,9 +36,13 @@ class ModelScheduler:
                  wait_observer: StageObserver | None = None):
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
+        self.max_concurrent_calls = max_concurrent_calls
         self._slots = threading.BoundedSemaphore(max_concurrent_calls)
         self._observer = observer
         self._wait_observer = wait_observer
+        self._lock = threading.Lock()
+        self._calls: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
+        self._created = time.monotonic()
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> Timed[T]:
         """Run ``fn`` when a slot is free."""
@@ -46,9 +55,28 @@ class ModelScheduler:
                 value = fn(*args, **kwargs)
             finally:
                 seconds = time.perf_counter() - start
+                self._record(seconds)
                 if self._observer is not None:
                     self._observer(stage, seconds)
-        return Timed(value, seconds)
+        return Timed(value, seconds, start - asked)
+
+    def _record(self, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._calls.append((now, seconds))
+            while self._calls and self._calls[0][0] < now - LOAD_WINDOW_S:
+                self._calls.popleft()
+
+    def utilisation(self, now: float | None = None) -> float:
+        """Share of the slots' time spent computing over the last LOAD_WINDOW_S seconds (0..1; a
+        scheduler younger than the window is measured over its life)."""
+        now = time.monotonic() if now is None else now
+        window = min(LOAD_WINDOW_S, max(now - self._created, 1e-3))
+        with self._lock:
+            # a call that began before the window counts only its part inside it
+            busy = sum(min(seconds, end - (now - window)) for end, seconds in self._calls
+                       if now - window <= end <= now)
+        return min(1.0, busy / (window * self.max_concurrent_calls))
 
 
 class StreamCalls:
@@ -57,10 +85,12 @@ class StreamCalls:
     def __init__(self, scheduler: ModelScheduler):
         self._scheduler = scheduler
         self._spent: dict[str, float] = {}
+        self.waited_s = 0.0  # queued for a slot, all this stream's calls so far
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
         timed = self._scheduler.run(stage, fn, *args, **kwargs)
         self._spent[stage] = self._spent.get(stage, 0.0) + timed.seconds
+        self.waited_s += timed.waited
         return timed.value
 
     def take_spent(self) -> dict[str, float]:

@@ -32,6 +32,18 @@ class StreamingSession:
         self.speaker_state = speaker.new_state() if speaker is not None else None
         self.sample_rate_hz = vad.sample_rate_hz
         self._finished = False
+        self._reported = (0.0, 0, 0.0)  # waited_s, steps, skipped_steps already in a ComputeSpent
+
+    @property
+    def sheds_load(self) -> bool:
+        """Whether this stream decides less often when its model calls queue."""
+        return self.recognizer.settings.shedding is not None
+
+    @property
+    def shedding_exhausted(self) -> bool:
+        """Whether it already decides as rarely as load shedding allows."""
+        shedding = self.recognizer.settings.shedding
+        return shedding is not None and self.recognizer_state.stretch >= shedding.max_stretch - 1e-9
 
     def push_audio(self, audio: np.ndarray) -> list[PipelineEvent]:
         """Feed audio; return what it completed."""
@@ -64,4 +76,9 @@ class StreamingSession:
 
     def _with_compute(self, events: list[PipelineEvent]) -> list[PipelineEvent]:
         spent = self.calls.take_spent()
-        return events + [ComputeSpent(spent)] if spent else events
+        state = self.recognizer_state
+        now = (self.calls.waited_s, state.steps, state.skipped_steps)
+        if not spent and now == self._reported:
+            return events
+        before, self._reported = self._reported, now
+        return events + [ComputeSpent(spent, now[0] - before[0], now[1] - before[1], now[2] - before[2])]

@@ -41,6 +41,12 @@ def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS) -> int:
 
 MIN_ALIGNMENT_ROWS = 4  # fewer tokens than this give no usable per-frame statistics
 PEAK_SMOOTHING_FRAMES = 5
+_PEAK_KERNEL = np.ones(PEAK_SMOOTHING_FRAMES) / PEAK_SMOOTHING_FRAMES
+# A decode stopped at the AlignAtt border goes on this many tokens: the peaks are z-scores across
+# the hypothesis's tokens, and without the tokens after the border the earlier ones' peaks drift
+# late (stopping at the border itself cost 0.35 s of LAAL and 0.9 BLEU on fr_en_dev; 4 more
+# tokens kept both and saved 10 % of the compute; 2 or 8 were worse: docs/benchmarks.md).
+STOP_LOOKAHEAD = 4
 
 
 def attention_peaks(rows: np.ndarray) -> list[int]:
@@ -55,9 +61,16 @@ def attention_peaks(rows: np.ndarray) -> list[int]:
     if len(rows) < MIN_ALIGNMENT_ROWS:
         return [rows.shape[1] if rows.ndim == 2 else 0] * len(rows)
     z = (rows - rows.mean(axis=0)) / (rows.std(axis=0) + 1e-6)
-    kernel = np.ones(PEAK_SMOOTHING_FRAMES) / PEAK_SMOOTHING_FRAMES
-    smooth = np.stack([np.convolve(r, kernel, mode="same") for r in z])
+    smooth = np.stack([np.convolve(r, _PEAK_KERNEL, mode="same") for r in z])
     return [int(i) for i in smooth.argmax(axis=1)]
+
+
+def last_peak(rows: np.ndarray) -> int:
+    """:func:`attention_peaks` of the last row only (the same statistics, one row's work)."""
+    if len(rows) < MIN_ALIGNMENT_ROWS:
+        return rows.shape[1]
+    z = (rows[-1] - rows.mean(axis=0)) / (rows.std(axis=0) + 1e-6)
+    return int(np.convolve(z, _PEAK_KERNEL, mode="same").argmax())
 
 
 @dataclass
@@ -183,13 +196,17 @@ class WhisperModel:
 
     def greedy(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None = None,
                forced: list[int] | None = None, stop_on_repeat: bool = True,
-               at_start: bool = True, history: list[int] | None = None) -> DecodeResult:
+               at_start: bool = True, history: list[int] | None = None,
+               stop_frame: int | None = None) -> DecodeResult:
         """Greedy decoding with the KV cache. ``forced`` tokens are fed before free decoding
         (their log-probs are still recorded). ``at_start`` applies Whisper's first-token
         suppression (blank, end-of-text); pass False when the prompt already ends with
         committed text tokens; ``history`` (those committed tokens) lets the loop guard
         catch output that repeats text already committed. With an alignment output, each
-        token's attention peak is computed (:func:`attention_peaks`) for AlignAtt."""
+        token's attention peak is computed (:func:`attention_peaks`) for AlignAtt, and
+        ``stop_frame`` ends the decode (not ``ended``) STOP_LOOKAHEAD tokens after the first
+        one whose peak, over the tokens so far, reaches that frame: AlignAtt commits nothing
+        from there on, so decoding further would only feed the partial text."""
         max_new = self._token_limit(enc, prompt, max_new_tokens)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
@@ -203,6 +220,7 @@ class WhisperModel:
         committed_rows = len(rows)
         forced = list(forced or [])
         ended = False
+        border_at: int | None = None
         while len(out) < max_new:
             scores = step.logits[0].astype(np.float64)
             scores[self.suppress] = -np.inf
@@ -217,6 +235,11 @@ class WhisperModel:
             out.append(token)
             if step.alignment is not None:
                 rows.append(step.alignment[0, -1])
+                if stop_frame is not None and len(out) > len(forced) and len(rows) >= MIN_ALIGNMENT_ROWS:
+                    if border_at is None and last_peak(np.array(rows)) >= stop_frame:
+                        border_at = len(out)
+                    if border_at is not None and len(out) >= border_at + STOP_LOOKAHEAD:
+                        break
             if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail((history or []) + out)):
                 del out[-min(span, len(out)):]
                 logprobs = logprobs[: len(out)]

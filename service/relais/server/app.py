@@ -81,7 +81,8 @@ class RelaisServer:
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", cfg.max_message_bytes),
                      *grpc_keepalive_options(cfg)])
         self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
-                               max_session_s=cfg.max_session_s, idle_timeout_s=cfg.idle_timeout_s)
+                               max_session_s=cfg.max_session_s, idle_timeout_s=cfg.idle_timeout_s,
+                               admit_max_load=self.config.load.admit_max_load)
         servicer = SpeechTranslatorServicer(self.host)
         translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)
         riva_names = add_riva_services(self._server, self.host)  # Riva's API on the same port (docs/riva.md)
@@ -117,6 +118,7 @@ class RelaisServer:
         if self.gate.phase == "warming":  # not stopped meanwhile
             self.gate.scheduler = engine.new_scheduler(observer=self.metrics.observe_stage,
                                                        wait_observer=self.metrics.observe_scheduler_wait)
+            self.metrics.watch_scheduler(self.gate.scheduler)
             self.metrics.serving.set(1)
             self.gate.engine, self.gate.phase = engine, "serving"
             for name in self._health_names:

@@ -7,6 +7,7 @@
     runtime:  {providers, intra_op_threads, trt_cache_dir}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
+    load:     {shed_wait_s, shed_max_stretch, admit_max_load}
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -108,12 +109,32 @@ class RuntimeSection:
 
 
 @dataclass(frozen=True)
+class LoadSection:
+    """Many streams on one machine (docs/operations.md, "Load"): shed decisions, then refuse."""
+
+    shed_wait_s: float = 0.25  # a stream whose model calls queued longer than this between two
+    #                            hypotheses decides less often; 0: never (always the profile's step)
+    shed_max_stretch: float = 3.0  # at most this x the latency profile's step between hypotheses
+    admit_max_load: float = 0.9  # refuse a new stream (RESOURCE_EXHAUSTED) when the scheduler's measured
+    #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
+    #   stream would push the utilisation past it); 0: off
+
+    def validate(self) -> None:
+        _check(self.shed_wait_s >= 0, "load.shed_wait_s", "must be >= 0 seconds (0 = off)", self.shed_wait_s)
+        _check(1.0 <= self.shed_max_stretch <= 10.0, "load.shed_max_stretch", "must be within 1..10",
+               self.shed_max_stretch)
+        _check(0.0 <= self.admit_max_load <= 1.0, "load.admit_max_load", "must be within 0..1 (0 = off)",
+               self.admit_max_load)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection = field(default_factory=ServerSection)
     models: ModelsSection = field(default_factory=ModelsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     tls: TlsSection = field(default_factory=TlsSection)
     auth: AuthSection = field(default_factory=AuthSection)
+    load: LoadSection = field(default_factory=LoadSection)
 
     def validate(self) -> ServerConfig:
         for section in _sections(self):
@@ -137,9 +158,14 @@ class ServerConfig:
         """The relais.pipeline.engine.EngineConfig these settings describe."""
         from relais.pipeline.engine import EngineConfig
 
+        from relais.pipeline.recognizer import LoadShedding
+
         models_dir = Path(self.models.dir).expanduser() if self.models.dir else None
+        load = self.load
+        shedding = LoadShedding(wait_high_s=load.shed_wait_s, max_stretch=load.shed_max_stretch) \
+            if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
-                            runtime=self.runtime.runtime_config())
+                            runtime=self.runtime.runtime_config(), load_shedding=shedding)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:

@@ -105,4 +105,5 @@ def summary_message(summary: StreamSummary) -> pb.Summary:
         first_audio_latency_s=summary.first_audio_latency_s or 0.0,
         mean_output_lag_s=summary.mean_output_lag_s, max_output_lag_s=summary.max_output_lag_s,
         real_time_factor=summary.real_time_factor, detected_language=summary.detected_language,
-        translation=summary.translation, transcript=summary.transcript)
+        translation=summary.translation, transcript=summary.transcript,
+        degraded_fraction=summary.degraded_fraction, queue_wait_s=summary.queue_wait_s)

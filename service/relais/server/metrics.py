@@ -79,6 +79,15 @@ class RelaisMetrics:
         self.output_lag_seconds = Histogram(
             "relais_output_lag_seconds", "Per committed text: wall seconds from the arrival of the end of its "
             "source span to its sending, observed when it is sent", buckets=_LATENCY_BUCKETS_S, registry=r)
+        self.scheduler_utilisation = Gauge(
+            "relais_scheduler_utilisation", "Share of the model scheduler's slot time spent computing over "
+            "the last 10 s (what admission by load reads; 1 = saturated)", registry=r)
+        self.decision_steps_total = Counter(
+            "relais_decision_steps_total", "Hypothesis steps of the streams' latency modes: run, or skipped by "
+            "load shedding (the server was loaded)", ["outcome"], registry=r)
+        self.stream_degraded_fraction = Histogram(
+            "relais_stream_degraded_fraction", "Per stream: share of its latency mode's hypothesis steps "
+            "skipped under load", buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.67), registry=r)
         self.real_time_factor = Histogram("relais_real_time_factor", "Compute seconds per source second, per stream",
                                           buckets=_RTF_BUCKETS, registry=r)
         self.audio_seconds_total = Counter("relais_audio_seconds_total", "Audio seconds received (in) and spoken (out)",
@@ -92,6 +101,8 @@ class RelaisMetrics:
                                              ["provider"], registry=r)
         for outcome in OUTCOMES:
             self.sessions_total.labels(outcome=outcome)
+        for outcome in ("run", "skipped"):
+            self.decision_steps_total.labels(outcome=outcome)
         for stage in STAGES:
             self.compute_seconds_total.labels(stage=stage)
         for direction in DIRECTIONS:
@@ -123,6 +134,18 @@ class RelaisMetrics:
         """What only a whole stream has: its real-time factor (its latencies were observed live)."""
         if summary.audio_in_s > 0:
             self.real_time_factor.observe(summary.real_time_factor)
+            self.stream_degraded_fraction.observe(summary.degraded_fraction)
+
+    def observe_steps(self, run: int, skipped: float) -> None:
+        """Hypothesis steps of one session call (LatencySink)."""
+        if run:
+            self.decision_steps_total.labels(outcome="run").inc(run)
+        if skipped:
+            self.decision_steps_total.labels(outcome="skipped").inc(skipped)
+
+    def watch_scheduler(self, scheduler) -> None:
+        """Read the model scheduler's utilisation at each scrape."""
+        self.scheduler_utilisation.set_function(scheduler.utilisation)
 
     def set_execution_provider(self, provider: str) -> None:
         self.execution_provider_info.clear()

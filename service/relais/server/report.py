@@ -22,8 +22,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from relais.pipeline.events import (PipelineEvent, SpeechOnset, SpeechSegment, StreamStats, TextKind, TextSegment,
-                                    UtteranceEnd)
+from relais.pipeline.events import (ComputeSpent, PipelineEvent, SpeechOnset, SpeechSegment, StreamStats, TextKind,
+                                    TextSegment, UtteranceEnd)
 
 
 class LatencySink(Protocol):
@@ -32,6 +32,8 @@ class LatencySink(Protocol):
     def observe_first_text(self, seconds: float) -> None: ...
 
     def observe_first_audio(self, seconds: float) -> None: ...
+
+    def observe_steps(self, run: int, skipped: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class StreamSummary:
     detected_language: str
     translation: str
     transcript: str
+    degraded_fraction: float = 0.0  # share of the profile's hypothesis steps skipped under load
+    queue_wait_s: float = 0.0  # seconds the stream's model calls queued for the scheduler
 
     @property
     def first_text_latency_s(self) -> float | None:
@@ -111,7 +115,10 @@ class StreamReport:
         """The events of one session call, sent at ``now``."""
         for event in events:
             self.stats.add(event)
-            if isinstance(event, SpeechOnset):
+            if isinstance(event, ComputeSpent):
+                if self.sink is not None and (event.steps or event.skipped_steps):
+                    self.sink.observe_steps(event.steps, event.skipped_steps)
+            elif isinstance(event, SpeechOnset):
                 self.utterance = _Utterance(event.start_s, self.wall_of(event.start_s))
                 self.utterance_open = True
             elif isinstance(event, UtteranceEnd):
@@ -174,4 +181,4 @@ class StreamReport:
             output_lags_s=list(self.output_lags_s),
             real_time_factor=stats.compute_s / self.audio_in_s if self.audio_in_s > 0 else 0.0,
             detected_language=stats.detected_language, translation=stats.translation,
-            transcript=stats.transcript)
+            transcript=stats.transcript, degraded_fraction=stats.degraded_fraction, queue_wait_s=stats.waited_s)

@@ -32,7 +32,7 @@ from relais.audio.stream import PIPELINE_RATE_HZ, InputDecoder
 from relais.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from relais.pipeline.engine import TranslationEngine
 from relais.pipeline.events import PipelineEvent, SpeechSegment
-from relais.pipeline.scheduler import ModelScheduler
+from relais.pipeline.scheduler import LOAD_WINDOW_S, ModelScheduler
 from relais.pipeline.session import StreamingSession
 from relais.server.messages import StreamPlan
 from relais.server.metrics import RelaisMetrics
@@ -75,13 +75,38 @@ class StreamTicket:
     heard_at: float  # monotonic time of the client's last message (the idle timeout counts from it)
     admitted: bool = False
     session_id: str = ""
+    session: StreamingSession | None = None  # once opened
+
+
+def capacity_refusal(utilisation: float, streams: int, max_load: float, *, shedding: bool,
+                     exhausted: int) -> str | None:
+    """Why a new stream would make the running ones miss their pace (None: admit it).
+
+    With load shedding, a busy scheduler is not yet full: streams can still decide less often.
+    The server is full when the scheduler is busy (``utilisation`` >= ``max_load``) and some
+    stream already sheds all it may (``exhausted`` streams at their largest step). Without
+    shedding, a stream is refused when one more like the running ones would push the measured
+    utilisation past ``max_load``."""
+    window = f"{utilisation:.0%} busy over the last {LOAD_WINDOW_S:.0f} s with {streams} streams"
+    if shedding:
+        if utilisation >= max_load and exhausted:
+            return (f"its model scheduler was {window}, and {exhausted} of them already decide as rarely as "
+                    f"load shedding allows (load.shed_max_stretch; load.admit_max_load {max_load:.0%})")
+        return None
+    projected = utilisation * (streams + 1) / streams
+    if projected > max_load:
+        return (f"its model scheduler was {window}, and one more would need about {projected:.0%} "
+                f"(load.admit_max_load {max_load:.0%})")
+    return None
 
 
 class StreamHost:
     def __init__(self, gate: Gate, metrics: RelaisMetrics, pool: Executor, *, max_sessions: int,
-                 max_session_s: float, idle_timeout_s: float):
+                 max_session_s: float, idle_timeout_s: float, admit_max_load: float = 0.0):
         self.gate, self.metrics, self.pool = gate, metrics, pool
         self.max_sessions, self.max_session_s, self.idle_timeout_s = max_sessions, max_session_s, idle_timeout_s
+        self.admit_max_load = admit_max_load
+        self._tickets: dict[int, StreamTicket] = {}  # the admitted streams, by id() of their ticket
 
     @contextlib.asynccontextmanager
     async def accounting(self) -> AsyncIterator[StreamTicket]:
@@ -106,6 +131,7 @@ class StreamHost:
             if ticket.admitted:
                 self.gate.active -= 1
                 self.metrics.sessions_active.dec()
+                self._tickets.pop(id(ticket), None)
             self.metrics.sessions_total.labels(outcome=outcome).inc()
 
     def admit(self, ticket: StreamTicket) -> None:
@@ -113,7 +139,16 @@ class StreamHost:
         if self.gate.active >= self.max_sessions:
             raise ResourceExhausted(f"server is at its limit of {self.max_sessions} concurrent sessions "
                                     f"(server.max_sessions); retry later")
+        if self.admit_max_load and self.gate.scheduler is not None and self.gate.active:
+            sessions = [t.session for t in self._tickets.values() if t.session is not None]
+            refusal = capacity_refusal(self.gate.scheduler.utilisation(), self.gate.active, self.admit_max_load,
+                                       shedding=any(s.sheds_load for s in sessions),
+                                       exhausted=sum(s.shedding_exhausted for s in sessions))
+            if refusal:
+                raise ResourceExhausted(f"server is at its measured capacity: {refusal}; retry later or on "
+                                        f"another replica")
         ticket.admitted = True
+        self._tickets[id(ticket)] = ticket
         self.gate.active += 1
         self.metrics.sessions_active.inc()
 
@@ -122,6 +157,7 @@ class StreamHost:
         session = await asyncio.get_running_loop().run_in_executor(
             self.pool, engine.new_session, plan.session_cfg, scheduler)
         ticket.session_id = uuid.uuid4().hex[:16]
+        ticket.session = session
         cfg = plan.session_cfg
         log.info("session %s started: %s -> %s (%s), client %r", ticket.session_id, cfg.source_language or "auto",
                  cfg.target_language, cfg.task, client)

@@ -154,7 +154,7 @@ class AudioOut(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., sample_rate_hz: _Optional[int] = ..., text: _Optional[str] = ..., source_span: _Optional[_Union[TimeSpan, _Mapping]] = ..., emitted: _Optional[_Union[Emission, _Mapping]] = ..., output_start_s: _Optional[float] = ...) -> None: ...
 
 class Summary(_message.Message):
-    __slots__ = ("audio_in_s", "audio_out_s", "first_text_latency_s", "first_audio_latency_s", "mean_output_lag_s", "max_output_lag_s", "real_time_factor", "detected_language", "translation", "transcript")
+    __slots__ = ("audio_in_s", "audio_out_s", "first_text_latency_s", "first_audio_latency_s", "mean_output_lag_s", "max_output_lag_s", "real_time_factor", "detected_language", "translation", "transcript", "degraded_fraction", "queue_wait_s")
     AUDIO_IN_S_FIELD_NUMBER: _ClassVar[int]
     AUDIO_OUT_S_FIELD_NUMBER: _ClassVar[int]
     FIRST_TEXT_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class Summary(_message.Message):
     DETECTED_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TRANSLATION_FIELD_NUMBER: _ClassVar[int]
     TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     audio_in_s: float
     audio_out_s: float
     first_text_latency_s: float
@@ -175,7 +177,9 @@ class Summary(_message.Message):
     detected_language: str
     translation: str
     transcript: str
-    def __init__(self, audio_in_s: _Optional[float] = ..., audio_out_s: _Optional[float] = ..., first_text_latency_s: _Optional[float] = ..., first_audio_latency_s: _Optional[float] = ..., mean_output_lag_s: _Optional[float] = ..., max_output_lag_s: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., detected_language: _Optional[str] = ..., translation: _Optional[str] = ..., transcript: _Optional[str] = ...) -> None: ...
+    degraded_fraction: float
+    queue_wait_s: float
+    def __init__(self, audio_in_s: _Optional[float] = ..., audio_out_s: _Optional[float] = ..., first_text_latency_s: _Optional[float] = ..., first_audio_latency_s: _Optional[float] = ..., mean_output_lag_s: _Optional[float] = ..., max_output_lag_s: _Optional[float] = ..., real_time_factor: _Optional[float] = ..., detected_language: _Optional[str] = ..., translation: _Optional[str] = ..., transcript: _Optional[str] = ..., degraded_fraction: _Optional[float] = ..., queue_wait_s: _Optional[float] = ...) -> None: ...
 
 class TranslateResponse(_message.Message):
     __slots__ = ("started", "text", "audio", "summary")

@@ -1,0 +1,177 @@
+"""Many streams on one machine (issue 12): a loaded server sheds decisions instead of falling
+behind, says so per stream (Summary, metrics), and refuses a stream past its measured capacity.
+
+The rules are tested without models; the behaviour on real in-process servers over the prepared
+model set, with real French clips sent as fast as possible (so that streams queue for the one
+model slot on any machine).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from conftest import load_audio, load_manifest
+from relais.client import TranslateClient, TranslateOptions
+from relais.pipeline.recognizer import LoadShedding
+from relais.pipeline.scheduler import LOAD_WINDOW_S, ModelScheduler
+from relais.server.app import start_in_process
+from relais.server.streams import capacity_refusal
+from relais.server.config import ServerConfig, load_config
+
+LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
+
+
+# --- rules (no models) -----------------------------------------------------------------------------
+
+def test_load_keys_defaults_become_the_engine_and_validation_names_the_key():
+    cfg = load_config(env={})
+    assert (cfg.load.shed_wait_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load) == (0.25, 3.0, 0.9)
+    assert cfg.engine_config().load_shedding == LoadShedding(wait_high_s=0.25, max_stretch=3.0)
+    assert load_config(env={"RELAIS_LOAD_SHED_WAIT_S": "0"}).engine_config().load_shedding is None  # off
+    for key, value, rule in (("shed_wait_s", "-1", "must be >= 0 seconds"), ("shed_max_stretch", "0.5", "1..10"),
+                             ("admit_max_load", "1.5", "0..1")):
+        with pytest.raises(ValueError, match=f"load.{key}: .*{re.escape(rule)}"):
+            load_config(env={f"RELAIS_LOAD_{key.upper()}": value})
+
+
+def test_shedding_stretches_while_calls_queue_and_relaxes_when_they_stop():
+    rule = LoadShedding(wait_high_s=0.2, factor=1.5, max_stretch=3.0)
+    stretch, seen = 1.0, []
+    for waited in (0.5, 0.5, 0.5, 0.5, 0.15, 0.0, 0.0, 0.0, 0.0):
+        stretch = rule.next_stretch(stretch, waited)
+        seen.append(round(stretch, 3))
+    # up by 1.5x per loaded step to the cap, held in the dead band (0.1..0.2 s), down to 1 when idle
+    assert seen == [1.5, 2.25, 3.0, 3.0, 3.0, 2.0, 1.333, 1.0, 1.0]
+    with pytest.raises(ValueError, match="factor > 1"):
+        LoadShedding(factor=1.0)
+
+
+def test_scheduler_utilisation_is_compute_over_slot_time_in_the_window():
+    scheduler = ModelScheduler(max_concurrent_calls=2)
+    start = scheduler._created
+    assert scheduler.utilisation(now=start + 1.0) == 0.0
+    with scheduler._lock:  # calls that ended at known times: 3 s of compute in the last 10 s
+        scheduler._calls.extend([(start + 1.0, 1.0), (start + 5.0, 2.0), (start + 12.0, 3.0)])
+    assert scheduler.utilisation(now=start + 4.0) == pytest.approx(1.0 / (4.0 * 2))  # younger than the window
+    assert scheduler.utilisation(now=start + LOAD_WINDOW_S + 3.0) == pytest.approx((2.0 + 3.0) / (10 * 2))
+    value = scheduler.run("test", time.sleep, 0.05).value
+    assert value is None and 0 < scheduler.utilisation() <= 1.0
+
+
+def test_capacity_is_full_only_when_the_scheduler_is_busy_and_streams_cannot_shed_more():
+    # shedding on: a busy scheduler still admits while streams can decide less often
+    assert capacity_refusal(1.0, 2, 0.9, shedding=True, exhausted=0) is None
+    assert capacity_refusal(0.5, 2, 0.9, shedding=True, exhausted=2) is None  # at max stretch, but not busy
+    why = capacity_refusal(0.95, 3, 0.9, shedding=True, exhausted=1)
+    assert why and "95% busy" in why and "3 streams" in why and "load.shed_max_stretch" in why
+    # shedding off: one more stream like the running ones must fit under the bound
+    assert capacity_refusal(0.4, 2, 0.9, shedding=False, exhausted=0) is None  # 0.4 x 3/2 = 0.6
+    why = capacity_refusal(0.5, 1, 0.9, shedding=False, exhausted=0)
+    assert why and "about 100%" in why and "load.admit_max_load 90%" in why
+
+
+# --- real servers ----------------------------------------------------------------------------------
+
+CLIPS = {"fleurs_fr_test_1857": "responsibility", "fleurs_fr_test_1913": "phrase", "fleurs_fr_test_2004": "wall"}
+
+
+def _clip(utterance_id: str):
+    utt = next(u for u in load_manifest("fr_en_dev") if u.id == utterance_id)
+    return load_audio(utt.path)
+
+
+def _config(model_set, **load) -> ServerConfig:
+    return ServerConfig().replace(server={**LOCAL, "max_sessions": 4}, models={"dir": str(model_set.root)},
+                                  runtime={"providers": ["cpu"]}, load=load)
+
+
+def _translate(address: str, utterance_id: str, barrier: threading.Barrier | None = None):
+    audio = _clip(utterance_id)
+    with TranslateClient(address) as client:
+        if barrier is not None:
+            barrier.wait(60)
+        return client.translate_audio(audio, 16000, TranslateOptions(
+            target_language="en", source_language="fr", speed=0, return_audio=False))
+
+
+def _metric(handle, name: str) -> float:
+    text = handle.server.metrics.exposition().decode()
+    line = next((line for line in text.splitlines() if line.startswith(name + " ")), f"{name} 0")
+    return float(line.split()[-1])
+
+
+def test_loaded_streams_decide_less_often_report_it_and_still_translate(model_set):
+    """Three clips sent at once as fast as possible queue for the one model slot: each stream skips
+    some of its latency mode's decisions (Summary.degraded_fraction, the decision-step counter) and
+    still translates its own clip; a stream alone on the server queues for nothing and skips none."""
+    with start_in_process(_config(model_set, shed_wait_s=0.05, admit_max_load=0)) as handle:
+        address = handle.address
+        barrier = threading.Barrier(len(CLIPS))
+        with futures.ThreadPoolExecutor(len(CLIPS)) as pool:
+            results = list(pool.map(lambda u: _translate(address, u, barrier), CLIPS))
+        for (utt, keyword), result in zip(CLIPS.items(), results):
+            s = result.summary
+            assert s.queue_wait_s > 0.5 and 0 < s.degraded_fraction <= 2 / 3, (utt, s)
+            assert keyword in result.translation.lower(), (utt, result.translation)
+        skipped = _metric(handle, 'relais_decision_steps_total{outcome="skipped"}')
+        assert skipped > 0 and _metric(handle, 'relais_decision_steps_total{outcome="run"}') > 0
+        alone = _translate(address, "fleurs_fr_test_1857").summary
+        assert alone.degraded_fraction == 0 and alone.queue_wait_s < 0.05, alone
+        assert 0 < _metric(handle, "relais_scheduler_utilisation") <= 1
+
+
+def test_a_stream_past_measured_capacity_is_refused_with_resource_exhausted(model_set):
+    """With one stream keeping the model slot busy, a second one would need more than
+    load.admit_max_load: it is refused with RESOURCE_EXHAUSTED and a message that says why, the
+    first stream is unaffected, and no session is left behind."""
+    with start_in_process(_config(model_set, shed_wait_s=0, admit_max_load=0.3)) as handle:
+        address = handle.address
+        scheduler = handle.server.gate.scheduler
+        with futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(_translate, address, "fleurs_fr_test_1690")  # 23 s of speech, as fast as possible
+            deadline = time.monotonic() + 60
+            while scheduler.utilisation() * 2 <= 0.3 and time.monotonic() < deadline and not first.done():
+                time.sleep(0.1)
+            assert not first.done(), "the first stream ended before the scheduler was measurably busy"
+            with pytest.raises(grpc.RpcError) as refused:
+                _translate(address, "fleurs_fr_test_1857")
+            result = first.result(timeout=120)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "measured capacity" in refused.value.details() and "load.admit_max_load" in refused.value.details()
+        assert "organization" in result.translation.lower() or "athletes" in result.translation.lower()
+        assert _metric(handle, 'relais_sessions_total{outcome="rejected"}') == 1
+        assert _metric(handle, "relais_sessions_active") == 0
+
+
+def test_with_shedding_a_busy_server_refuses_once_its_streams_cannot_shed_more(model_set):
+    """Two long clips sent as fast as possible queue for the one model slot; once one of them
+    decides as rarely as allowed (here 1.5x its step) while the scheduler is busy, a third
+    stream is refused, and the two finish their translations."""
+    config = _config(model_set, shed_wait_s=0.05, shed_max_stretch=1.5, admit_max_load=0.5)
+    with start_in_process(config) as handle:
+        address, host = handle.address, handle.server.host
+        with futures.ThreadPoolExecutor(2) as pool:
+            running = [pool.submit(_translate, address, "fleurs_fr_test_1690") for _ in range(2)]
+            deadline = time.monotonic() + 60
+
+            def full() -> bool:
+                sessions = [t.session for t in host._tickets.values() if t.session is not None]
+                return handle.server.gate.scheduler.utilisation() >= 0.5 and any(
+                    s.shedding_exhausted for s in sessions)
+
+            while not full() and time.monotonic() < deadline and not any(f.done() for f in running):
+                time.sleep(0.05)
+            assert full(), "the two streams never filled the scheduler"
+            with pytest.raises(grpc.RpcError) as refused:
+                _translate(address, "fleurs_fr_test_1857")
+            results = [f.result(timeout=120) for f in running]
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "decide as rarely as load shedding allows" in refused.value.details()
+        for result in results:
+            assert "athletes" in result.translation.lower() and result.summary.degraded_fraction > 0

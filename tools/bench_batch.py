@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""What batching model calls across streams would buy: throughput of the exported Whisper
+encoder and decoder at batch 1, 2, 4, 8 on this machine.
+
+Each row stacks B copies of the same work into one call (the graphs' batch axis), which
+is the best case for cross-stream batching (no padding): the gain shown is an upper bound.
+
+- encoder: B clips of --audio-s seconds of real French speech (+1 s pad, as the streaming
+  recogniser encodes them): calls/s and audio seconds encoded per second;
+- decoder: one cached step (one new token per row) after a --context-tokens prompt, over
+  B rows of encoded audio: steps/s and tokens/s.
+
+    python tools/bench_batch.py --runs 7 --out docs/benchmarks/batching-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from relais.audio.files import load_audio_16k
+from relais.eval.data import default_eval_dir, read_manifest
+from relais.eval.machine import machine
+from relais.models.manifest import default_models_dir
+from relais.runtime.whisper import WhisperModel
+
+BATCHES = (1, 2, 4, 8)
+
+
+def _median_s(fn, runs: int) -> float:
+    fn()  # warm: first calls of a shape allocate
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_whisper(model: WhisperModel, audio: np.ndarray, context_tokens: int, runs: int) -> list[dict]:
+    mel = model.features(audio, len(audio) / model.sample_rate_hz + 1.0)[None]
+    one = model.encode(audio, len(audio) / model.sample_rate_hz + 1.0)
+    prompt = model.prompt("translate", "fr")
+    tokens = (prompt + [model.tokenizer.encode(" the")[0]] * context_tokens)[:context_tokens]
+    first = model.step(np.array([tokens]), 0, *model.empty_cache(), one)
+    rows = []
+    for b in BATCHES:
+        mels = np.repeat(mel, b, axis=0)
+        enc_s = _median_s(lambda: model.encoder.session.run(None, {"mel": mels}), runs)
+        wide = type(one)(np.repeat(one.cross_k, b, axis=1), np.repeat(one.cross_v, b, axis=1), one.duration_s)
+        k, v = np.repeat(first.self_k, b, axis=1), np.repeat(first.self_v, b, axis=1)
+        step = np.full((b, 1), tokens[-1])
+        dec_s = _median_s(lambda: model.step(step, len(tokens), k, v, wide), runs)
+        rows.append({"batch": b, "encoder_call_s": enc_s, "encoder_calls_per_s": b / enc_s,
+                     "audio_s_per_s": b * len(audio) / model.sample_rate_hz / enc_s,
+                     "decoder_step_s": dec_s, "tokens_per_s": b / dec_s})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--precision", default="int8")
+    p.add_argument("--audio-s", type=float, default=5.0, help="seconds of speech per encoder row")
+    p.add_argument("--context-tokens", type=int, default=40, help="prompt + committed tokens before the step")
+    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--out", type=Path, help="write a markdown table here")
+    args = p.parse_args(argv)
+    models = args.models_dir or default_models_dir()
+    model = WhisperModel(models / "whisper-base", args.precision)
+    eval_dir = default_eval_dir()
+    utt = max(read_manifest(eval_dir / "fr_en_dev" / "manifest.tsv"), key=lambda u: u.duration_s)
+    audio = load_audio_16k(utt.path)[: int(args.audio_s * 16000)]
+    rows = bench_whisper(model, audio, args.context_tokens, args.runs)
+    lines = [f"# Batched model calls on {machine()}", "",
+             f"whisper-base {args.precision}, ONNX Runtime CPU; {args.audio_s:g} s of speech (+1 s pad) per encoder "
+             f"row ({utt.id}); one cached decoder step after {args.context_tokens} tokens; median of {args.runs} "
+             f"calls each. Rows are identical copies (no padding): an upper bound for cross-stream batching.", "",
+             "| batch | encoder call (ms) | encoder rows/s | audio s encoded / s | gain | decoder step (ms) | "
+             "tokens/s | gain |", "|---|---|---|---|---|---|---|---|"]
+    base = rows[0]
+    for r in rows:
+        lines.append(f"| {r['batch']} | {r['encoder_call_s'] * 1000:.0f} | {r['encoder_calls_per_s']:.1f} | "
+                     f"{r['audio_s_per_s']:.1f} | {r['encoder_calls_per_s'] / base['encoder_calls_per_s']:.2f}x | "
+                     f"{r['decoder_step_s'] * 1000:.1f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

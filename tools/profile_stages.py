@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Where a stream's compute goes: every clip of a manifest through one engine session at a
+time, fed in 100 ms chunks as fast as possible (no server, no pacing), with the model
+scheduler's observer adding up compute seconds by stage (vad, encoder, decoder, language,
+tts). Prints each stage as a real-time factor (compute seconds / source seconds).
+
+The decode grid is the one a real-time stream follows (it depends on source time only), so
+the per-stage figures are a real-time stream's, without the waiting.
+
+    python tools/profile_stages.py --latency balanced
+    python tools/profile_stages.py --latency balanced --profile first_step_s=1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+from relais.audio.files import load_audio_16k
+from relais.eval.data import default_eval_dir, read_manifest
+from relais.eval.machine import machine
+from relais.pipeline.engine import LATENCY_PROFILES, EngineConfig, TranslationEngine
+
+CHUNK = 1600  # 100 ms at 16 kHz
+
+
+def _overrides(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        for pair in item.split(","):
+            key, _, value = pair.partition("=")
+            try:
+                out[key] = int(value)
+            except ValueError:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", type=Path, default=None, help="default: ../shared/eval/fr_en_dev")
+    p.add_argument("--models", type=Path, default=None)
+    p.add_argument("--latency", choices=sorted(LATENCY_PROFILES), default="balanced")
+    p.add_argument("--profile", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]")
+    p.add_argument("--from", dest="source", default="fr")
+    p.add_argument("--to", dest="target", default="en")
+    args = p.parse_args(argv)
+    manifest = args.manifest or default_eval_dir() / "fr_en_dev" / "manifest.tsv"
+    engine = TranslationEngine(EngineConfig(models_dir=args.models, latency_overrides=_overrides(args.profile)))
+    engine.warm_up()
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+
+    def observe(stage: str, seconds: float) -> None:
+        spent[stage] += seconds
+        calls[stage] += 1
+
+    scheduler = engine.new_scheduler(observer=observe)
+    source_s, start = 0.0, time.perf_counter()
+    for utt in read_manifest(manifest):
+        audio = load_audio_16k(utt.path)
+        source_s += len(audio) / 16000
+        cfg = engine.session_config(source_language=args.source, target_language=args.target,
+                                    latency_mode=args.latency)
+        session = engine.new_session(cfg, scheduler)
+        for i in range(0, len(audio), CHUNK):
+            session.push_audio(audio[i:i + CHUNK])
+        session.finish()
+    wall = time.perf_counter() - start
+    print(f"{machine()}; {manifest}; latency {args.latency} {args.profile or ''}")
+    print(f"source {source_s:.1f} s, wall {wall:.1f} s, RTF {wall / source_s:.3f}")
+    print("| stage | compute (s) | RTF | calls | ms per call |\n|---|---|---|---|---|")
+    for stage, seconds in spent.most_common():
+        print(f"| {stage} | {seconds:.2f} | {seconds / source_s:.3f} | {calls[stage]} | "
+              f"{seconds / calls[stage] * 1000:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
