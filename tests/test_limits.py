@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
+import numpy as np
 import pytest
 
 from relais.errors import DeadlineExceeded
@@ -272,3 +273,70 @@ def test_keepalive_frees_the_slot_of_a_vanished_client(model_set, engine):
             proxy.close()
         assert freed_s < 6, freed_s  # keepalive 1 s + 1 s, and gRPC's own timers
         assert _metric(handle.server.metrics.exposition().decode(), 'relais_sessions_total{outcome="cancelled"}') == 1
+
+
+# --- a client that stops reading, audio faster than real time ---------------------------------------
+
+def _speech_requests(over: threading.Event, utterance_id: str = "fleurs_fr_test_1690", chunk_s: float = 0.5):
+    """The config (speech out), then a real French clip as PCM chunks as fast as possible, then
+    nothing more (the request stream stays open) until the call is over."""
+    from conftest import load_audio, load_manifest
+
+    utt = next(u for u in load_manifest("fr_en_dev") if u.id == utterance_id)
+    pcm = (np.clip(load_audio(utt.path), -1, 1) * 32767).astype("<i2").tobytes()
+    yield CONFIG
+    step = int(chunk_s * 16000) * 2
+    for i in range(0, len(pcm), step):
+        if over.is_set():
+            return
+        yield pb.TranslateRequest(audio=pb.AudioChunk(data=pcm[i:i + step]))
+    over.wait(60)
+
+
+def test_a_client_that_stops_reading_is_cut_off_with_resource_exhausted(model_set, engine):
+    """The client sends 23 s of French speech and reads nothing: once the translated speech fills
+    the connection's flow-control window, the server's writes wait; after server.send_timeout_s
+    (2 s here) the stream ends with RESOURCE_EXHAUSTED saying what to do, and its slot is freed."""
+    config = _config(model_set, send_timeout_s=2, idle_timeout_s=60)
+    with start_in_process(config, engine=engine) as handle:
+        over = threading.Event()
+        # no BDP probing: the client's receive window stays at HTTP/2's 64 KiB, which a few seconds of
+        # 22 kHz speech fill
+        with grpc.insecure_channel(handle.address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
+            call = pb_grpc.SpeechTranslatorStub(channel).Translate(_speech_requests(over), timeout=90)
+            try:
+                assert next(call).HasField("started")  # the session is open; from here on, nothing is read
+                deadline = time.monotonic() + 60
+                while _sessions_active(handle, settle_s=0) and time.monotonic() < deadline:
+                    time.sleep(0.2)  # not reading: the server must give up on its own
+                freed = _sessions_active(handle, settle_s=0) == 0
+                with pytest.raises(grpc.RpcError) as ended:
+                    for _ in call:  # now read what was buffered, then the status
+                        pass
+            finally:
+                over.set()
+        assert freed, "the server kept the session of a client that reads nothing"
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "has not read the responses for 2 s (server.send_timeout_s)" in ended.value.details()
+        assert _metric(handle.server.metrics.exposition().decode(), 'relais_sessions_total{outcome="error"}') == 1
+
+
+def test_audio_faster_than_real_time_is_paced_not_refused(model_set, engine):
+    """23 s of speech sent as fast as possible, with server.max_backlog_s 2: the server stops reading
+    while 2 s of audio wait for the session, so the client's last chunk leaves only once the session
+    has nearly caught up; nothing is dropped and the translation is whole."""
+    from conftest import load_audio, load_manifest
+    from relais.client import TranslateClient, TranslateOptions
+
+    utt = next(u for u in load_manifest("fr_en_dev") if u.id == "fleurs_fr_test_1690")
+    config = _config(model_set, max_backlog_s=2)
+    with start_in_process(config, engine=engine) as handle, TranslateClient(handle.address) as client:
+        result = client.translate_audio(load_audio(utt.path), 16000, TranslateOptions(
+            target_language="en", source_language="fr", speed=0, return_audio=False, chunk_ms=500))
+    assert result.summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+    words = set(result.translation.lower().split())
+    assert {"athletes", "organization"} & words, result.translation
+    t = result.timings
+    # unpaced, all 47 chunks leave within milliseconds; paced, the last waits until the session is
+    # about 2 s (+ what the transport buffers) from the end
+    assert len(t.chunks_sent) == 47 and t.send_wall_s > 0.4 * t.total_wall_s, (t.send_wall_s, t.total_wall_s)

@@ -7,7 +7,8 @@ gRPC status codes:
 
     InvalidRequest     -> INVALID_ARGUMENT (the message reaches the client)
     ResourceExhausted  -> RESOURCE_EXHAUSTED
-    DeadlineExceeded   -> DEADLINE_EXCEEDED (a time limit of the server: server.max_session_s, idle_timeout_s)
+    DeadlineExceeded   -> DEADLINE_EXCEEDED (a time limit of the server: server.max_session_s, idle_timeout_s,
+                          load.call_timeout_s for one model call: ModelCallTimeout)
     Unavailable        -> UNAVAILABLE
     Unimplemented      -> UNIMPLEMENTED (the message says what the server can do instead)
     Unauthenticated    -> UNAUTHENTICATED (no token, or an unknown one)
@@ -32,6 +33,11 @@ class ResourceExhausted(Exception):
 class DeadlineExceeded(Exception):
     """A time limit of the server ran out (a stream's wall-clock limit, no audio for too long); the message
     names the config key and its value."""
+
+
+class ModelCallTimeout(DeadlineExceeded):
+    """A model call ran past its bound (load.call_timeout_s) and was terminated: that stream ends, the
+    model slot it held is free again."""
 
 
 class Unavailable(Exception):

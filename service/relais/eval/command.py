@@ -186,9 +186,11 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                             chunk_ms=options.chunk_ms) for r in batch.runs if r.result is not None]
             failed = sum(r.result is None for r in batch.runs)
             s = summarise(figs, failed, args.target, concurrency=n)
+            ran = {f.id for f in figs}
+            single = summarise([f for f in main_figs or figs if f.id in ran], 0, args.target)
             levels_out.append(ConcurrencyLevel(n, len(figs), failed, s.lag_p50_s, s.lag_p95_s, s.rtf,
                                                s.client_wall_rtf, s.start_offset_s, batch.wall_s,
-                                               s.quality.bleu, s.degraded_fraction))
+                                               s.quality.bleu, s.degraded_fraction, single.quality.bleu))
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
                 lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []

@@ -93,6 +93,8 @@ def lag_vs_concurrency(results: EvalResults, path: Path) -> Path | None:
     ax.set_title("Lag vs concurrency")
     ax.legend(fontsize=8, loc="upper left")
     q.plot(ns, [lv.bleu for lv in levels], "o-", color="tab:green", label="BLEU")
+    q.plot(ns, [lv.bleu_single for lv in levels], "o:", color="tab:green", alpha=0.5,
+           label="BLEU of the same clips, 1 stream")
     q.set_xlabel("simultaneous streams")
     q.set_ylabel("BLEU")
     q.set_xticks(ns)

@@ -104,6 +104,7 @@ class EngineConfig:
     encoder_pad_s: float = 1.0  # silence appended to the audio the encoder sees
     context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
+    call_timeout_s: float = 30.0  # a model call running longer is terminated, ending its stream (0: no bound)
     # Streams whose model calls queue decide less often (None: always on the profile's grid).
     load_shedding: LoadShedding | None = field(default_factory=LoadShedding)
     # Changes applied on top of every latency profile (benchmarks and experiments):
@@ -252,7 +253,8 @@ class TranslationEngine:
                       wait_observer: StageObserver | None = None) -> ModelScheduler:
         """The scheduler every stream of one server shares (``observer`` gets each call's stage and compute
         seconds, ``wait_observer`` its stage and seconds queued for a slot)."""
-        return ModelScheduler(self.config.max_concurrent_calls, observer=observer, wait_observer=wait_observer)
+        return ModelScheduler(self.config.max_concurrent_calls, observer=observer, wait_observer=wait_observer,
+                              call_timeout_s=self.config.call_timeout_s)
 
     def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
         """A stream's stages over the shared models, calling them through ``scheduler``."""

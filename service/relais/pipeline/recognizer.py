@@ -39,7 +39,8 @@ class LoadShedding:
     After each hypothesis step the stream looks at how long its model calls queued for the
     scheduler since the previous one: longer than ``wait_high_s`` stretches the interval to
     the next hypothesis by ``factor`` (up to ``max_stretch`` x the profile's step), under half
-    of it shrinks it back. A single stream on an idle server never queues, so its decode grid
+    of it shrinks it back. While stretched, an utterance's final decode is greedy instead of the
+    profile's beam search. A single stream on an idle server never queues, so its decode grid
     (and committed text) is the unloaded one."""
 
     wait_high_s: float = 0.25
@@ -199,7 +200,7 @@ class Recognizer:
             events.append(LanguageDetected(state.language, prob, self._seconds(state.done)))
         prompt = self.whisper.prompt(self.settings.task, state.language, previous=state.context)
         committed = state.policy.committed
-        if final and self.settings.final_beam_size > 1:
+        if final and self.settings.final_beam_size > 1 and state.stretch == 1.0:  # shedding load: greedy
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
                                   self.settings.final_beam_size, at_start=not committed, history=committed)
         stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
+from relais.errors import ModelCallTimeout
+from relais.runtime.ort import CallGuard
+
 T = TypeVar("T")
 StageObserver = Callable[[str, float], None]
 
@@ -33,10 +36,11 @@ LOAD_WINDOW_S = 10.0  # utilisation is measured over the calls that ended in thi
 
 class ModelScheduler:
     def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None,
-                 wait_observer: StageObserver | None = None):
+                 wait_observer: StageObserver | None = None, call_timeout_s: float = 0.0):
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
         self.max_concurrent_calls = max_concurrent_calls
+        self.call_timeout_s = call_timeout_s  # > 0: ONNX Runtime runs past it are terminated (CallGuard)
         self._slots = threading.BoundedSemaphore(max_concurrent_calls)
         self._observer = observer
         self._wait_observer = wait_observer
@@ -52,7 +56,16 @@ class ModelScheduler:
             if self._wait_observer is not None:
                 self._wait_observer(stage, start - asked)
             try:
-                value = fn(*args, **kwargs)
+                with CallGuard(self.call_timeout_s) as guard:
+                    try:
+                        value = fn(*args, **kwargs)
+                    except Exception as exc:
+                        if guard.expired:
+                            raise ModelCallTimeout(
+                                f"a model call ({stage}) ran past load.call_timeout_s={self.call_timeout_s:g} s "
+                                f"and was stopped; the server is overloaded or a model is stuck: retry, and tell "
+                                f"the operator if it repeats") from exc
+                        raise
             finally:
                 seconds = time.perf_counter() - start
                 self._record(seconds)

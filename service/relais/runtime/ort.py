@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +68,46 @@ class LoadedSession:
     path: str
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+
+    def run(self, outputs: list[str] | None, feed: dict) -> list:
+        """``session.run``, bounded by the thread's current :class:`CallGuard` (if any)."""
+        guard = getattr(_guards, "current", None)
+        return self.session.run(outputs, feed, guard.options if guard is not None else None)
+
+
+_guards = threading.local()
+
+
+class CallGuard:
+    """Bounds the ONNX Runtime calls a thread makes inside it: once ``timeout_s`` has passed, the
+    run in progress is terminated (ONNX Runtime checks the flag between kernels and raises), and
+    so is every later one, until the guard is left. ``expired`` says whether that happened.
+    A hang outside ONNX Runtime (in Python) is not interrupted."""
+
+    def __init__(self, timeout_s: float):
+        import onnxruntime as ort
+
+        self.options = ort.RunOptions()
+        self.expired = False
+        self._timer = threading.Timer(timeout_s, self._expire) if timeout_s > 0 else None
+        self._outer: CallGuard | None = None
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.options.terminate = True
+
+    def __enter__(self) -> CallGuard:
+        self._outer = getattr(_guards, "current", None)
+        _guards.current = self
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        _guards.current = self._outer
 
 
 def _provider_options(name: str, cfg: RuntimeConfig) -> dict:

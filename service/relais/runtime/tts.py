@@ -223,7 +223,7 @@ class PiperTts:
         if "sid" in self.loaded.input_names:
             sid = self.config.speaker_id if self.config.speaker_id is not None else self.default_speaker_id
             feed["sid"] = np.array([sid], dtype=np.int64)
-        audio = self.loaded.session.run(None, feed)[0].reshape(-1)
+        audio = self.loaded.run(None, feed)[0].reshape(-1)
         if self.config.volume != 1.0:
             audio = audio * self.config.volume
         # No per-sentence peak normalisation (Piper's CLI does it): phrases synthesised

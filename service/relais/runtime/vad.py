@@ -157,7 +157,7 @@ class SileroVad:
 
     def _window_probability(self, state: VadState, window: np.ndarray) -> float:
         x = np.concatenate([state.context, window])[None]
-        prob, state.rnn_state = self.loaded.session.run(None, {
+        prob, state.rnn_state = self.loaded.run(None, {
             "input": x, "state": state.rnn_state, "sr": np.array(self.sample_rate_hz, np.int64),
         })
         state.context = x[0, -self.context_samples:]

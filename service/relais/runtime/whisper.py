@@ -170,7 +170,7 @@ class WhisperModel:
     def encode(self, audio: np.ndarray, pad_to_s: float | None = None) -> EncodedAudio:
         """Encode 16 kHz mono audio; ``pad_to_s`` zero-pads (30 = Whisper's own window)."""
         mel = self.features(audio, pad_to_s)[None]
-        cross_k, cross_v = self.encoder.session.run(None, {"mel": mel})
+        cross_k, cross_v = self.encoder.run(None, {"mel": mel})
         return EncodedAudio(cross_k, cross_v, len(audio) / self.sample_rate_hz)
 
     # -- decoder ----------------------------------------------------------------
@@ -180,7 +180,7 @@ class WhisperModel:
 
     def step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio) -> DecoderStep:
         """One decoder call: ``tokens`` [batch, n] at positions ``offset``.. after the cached ``self_k/v``."""
-        outputs = self.decoder.session.run(None, {
+        outputs = self.decoder.run(None, {
             "tokens": tokens.astype(np.int64),
             "offset": np.array([offset], dtype=np.int64),
             "self_k": self_k, "self_v": self_v,

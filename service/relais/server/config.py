@@ -1,13 +1,13 @@
 """Server settings, loaded once at start: defaults, then a YAML file, then environment.
 
     server:   {host, port, metrics_port, web_port, health_port, max_sessions, max_session_s, idle_timeout_s,
-               max_message_mb, keepalive_time_s, keepalive_timeout_s, keepalive_min_client_ping_s,
-               drain_grace_s, worker_threads, metrics_created_series}
+               send_timeout_s, max_backlog_s, max_message_mb, keepalive_time_s, keepalive_timeout_s,
+               keepalive_min_client_ping_s, drain_grace_s, worker_threads, metrics_created_series}
     models:   {dir, precision}
     runtime:  {providers, intra_op_threads, trt_cache_dir}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
-    load:     {shed_wait_s, shed_max_stretch, admit_max_load}
+    load:     {shed_wait_s, shed_max_stretch, admit_max_load, call_timeout_s}
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -48,6 +48,8 @@ class ServerSection:
     max_sessions: int = 8  # concurrent Translate streams; more are refused with RESOURCE_EXHAUSTED
     max_session_s: float = 3600.0  # wall-clock limit of one stream; past it DEADLINE_EXCEEDED
     idle_timeout_s: float = 30.0  # a stream that sends nothing for this long ends with DEADLINE_EXCEEDED
+    send_timeout_s: float = 30.0  # a client that reads no response for this long is cut off (RESOURCE_EXHAUSTED)
+    max_backlog_s: float = 20.0  # audio waiting for its session past this pauses reading (paces the sender)
     max_message_mb: int = 64  # largest gRPC message accepted (a whole file for Riva's Recognize)
     # Dead peers (a client that vanished without closing its connection) hold a session slot until TCP
     # gives up, which can take many minutes: the server pings a connection that has been quiet this long...
@@ -67,8 +69,8 @@ class ServerSection:
             value = getattr(self, key)
             _check(-1 <= value <= 65535, f"server.{key}", "must be -1 (off) or 0..65535 (0 picks a free port)", value)
         _check(self.max_sessions >= 1, "server.max_sessions", "must be at least 1", self.max_sessions)
-        for key in ("max_session_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
-                    "keepalive_min_client_ping_s"):
+        for key in ("max_session_s", "idle_timeout_s", "send_timeout_s", "max_backlog_s", "keepalive_time_s",
+                    "keepalive_timeout_s", "keepalive_min_client_ping_s"):
             value = getattr(self, key)
             _check(value > 0, f"server.{key}", "must be > 0 seconds", value)
         _check(1 <= self.max_message_mb <= 2047, "server.max_message_mb", "must be 1..2047 (MB)", self.max_message_mb)
@@ -119,7 +121,12 @@ class LoadSection:
     #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
     #   stream would push the utilisation past it); 0: off
 
+    call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
+    #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
+
     def validate(self) -> None:
+        _check(self.call_timeout_s >= 0, "load.call_timeout_s", "must be >= 0 seconds (0 = no bound)",
+               self.call_timeout_s)
         _check(self.shed_wait_s >= 0, "load.shed_wait_s", "must be >= 0 seconds (0 = off)", self.shed_wait_s)
         _check(1.0 <= self.shed_max_stretch <= 10.0, "load.shed_max_stretch", "must be within 1..10",
                self.shed_max_stretch)
@@ -165,7 +172,8 @@ class ServerConfig:
         shedding = LoadShedding(wait_high_s=load.shed_wait_s, max_stretch=load.shed_max_stretch) \
             if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
-                            runtime=self.runtime.runtime_config(), load_shedding=shedding)
+                            runtime=self.runtime.runtime_config(), load_shedding=shedding,
+                            call_timeout_s=load.call_timeout_s)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:

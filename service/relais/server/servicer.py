@@ -43,8 +43,8 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
             plan = plan_stream(engine, first.config)
             host.admit(ticket)
             session = await host.open_session(ticket, plan, first.config.client_id)
-            await _write(context, pb.TranslateResponse(
-                started=started_message(ticket.session_id, engine.capabilities(), plan)))
+            await host.deliver(_write(context, pb.TranslateResponse(
+                started=started_message(ticket.session_id, engine.capabilities(), plan))))
 
             async def send(events: list[PipelineEvent], report: StreamReport, now: float) -> None:
                 for event in events:
@@ -53,7 +53,7 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
                         await _write(context, response)
 
             summary = await host.run(ticket, session, plan, _audio_of(requests), send, context.cancelled)
-            await _write(context, pb.TranslateResponse(summary=summary_message(summary)))
+            await host.deliver(_write(context, pb.TranslateResponse(summary=summary_message(summary))))
 
 
 async def _audio_of(requests: AsyncIterator[pb.TranslateRequest]) -> AsyncIterator[bytes]:

@@ -100,12 +100,57 @@ def capacity_refusal(utilisation: float, streams: int, max_load: float, *, shedd
     return None
 
 
+class AudioQueue:
+    """The reader's hand-off to the session loop, bounded in seconds of audio.
+
+    Audio may arrive faster than real time (a file sent as fast as possible): it is accepted,
+    and paced. Once ``max_s`` seconds wait for the session, the reader stops taking chunks from
+    the client until the session has caught up, so the transport's flow control slows the
+    sender down; nothing is dropped, and memory holds at most ``max_s`` of audio per stream."""
+
+    def __init__(self, max_s: float):
+        self.max_s = max_s
+        self.queued_s = 0.0
+        self._items: asyncio.Queue = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put_audio(self, audio: np.ndarray) -> None:
+        self._items.put_nowait(audio)
+        self.queued_s += len(audio) / PIPELINE_RATE_HZ
+        if self.queued_s > self.max_s:
+            self._room.clear()
+            await self._room.wait()
+
+    def put_nowait(self, item) -> None:
+        """The end marker or the reader's exception (no audio)."""
+        self._items.put_nowait(item)
+
+    async def get(self):
+        return self._taken(await self._items.get())
+
+    def get_nowait(self):
+        return self._taken(self._items.get_nowait())
+
+    def empty(self) -> bool:
+        return self._items.empty()
+
+    def _taken(self, item):
+        if isinstance(item, np.ndarray):
+            self.queued_s = max(0.0, self.queued_s - len(item) / PIPELINE_RATE_HZ)
+            if self.queued_s <= self.max_s:
+                self._room.set()
+        return item
+
+
 class StreamHost:
     def __init__(self, gate: Gate, metrics: RelaisMetrics, pool: Executor, *, max_sessions: int,
-                 max_session_s: float, idle_timeout_s: float, admit_max_load: float = 0.0):
+                 max_session_s: float, idle_timeout_s: float, admit_max_load: float = 0.0,
+                 send_timeout_s: float = 30.0, max_backlog_s: float = 20.0):
         self.gate, self.metrics, self.pool = gate, metrics, pool
         self.max_sessions, self.max_session_s, self.idle_timeout_s = max_sessions, max_session_s, idle_timeout_s
         self.admit_max_load = admit_max_load
+        self.send_timeout_s, self.max_backlog_s = send_timeout_s, max_backlog_s
         self._tickets: dict[int, StreamTicket] = {}  # the admitted streams, by id() of their ticket
 
     @contextlib.asynccontextmanager
@@ -176,7 +221,7 @@ class StreamHost:
     async def run(self, ticket: StreamTicket, session: StreamingSession, plan: StreamPlan,
                   chunks: AsyncIterator[bytes], send: Send, cancelled: Callable[[], bool]) -> StreamSummary:
         """Feed ``chunks`` to the session, ``send`` what each call produced; the stream's summary."""
-        report, queue = StreamReport(sink=self.metrics), asyncio.Queue()
+        report, queue = StreamReport(sink=self.metrics), AudioQueue(self.max_backlog_s)
         ticket.heard_at = time.monotonic()  # opening the session was our time, not the client's silence
         reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue, ticket))
         self.metrics.live.add(report)
@@ -221,9 +266,20 @@ class StreamHost:
         for event in events:
             if isinstance(event, SpeechSegment):
                 self.metrics.audio_seconds_total.labels(direction="out").inc(event.duration_s)
-        await send(events, report, now)
+        await self.deliver(send(events, report, now))
 
-    async def _get_before(self, queue: asyncio.Queue, ticket: StreamTicket):
+    async def deliver(self, sending: Awaitable[None]) -> None:
+        """Await a transport's send, or cut the stream off with RESOURCE_EXHAUSTED when the client has
+        not taken it for send_timeout_s: a client that stops reading holds at most what the transport
+        buffers (flow control stops the writes), never a growing queue."""
+        try:
+            await asyncio.wait_for(sending, timeout=self.send_timeout_s)
+        except asyncio.TimeoutError:
+            raise ResourceExhausted(
+                f"the client has not read the responses for {self.send_timeout_s:g} s (server.send_timeout_s): "
+                f"read the response stream while sending audio") from None
+
+    async def _get_before(self, queue: AudioQueue, ticket: StreamTicket):
         """The reader's next item; it stamps ``heard_at`` as chunks arrive, so audio that arrived while
         the session was busy counts as heard."""
         try:
@@ -244,14 +300,14 @@ class StreamHost:
 
 
 async def _read_audio(chunks: AsyncIterator[bytes], decoder: InputDecoder, report: StreamReport,
-                      queue: asyncio.Queue, ticket: StreamTicket) -> None:
+                      queue: AudioQueue, ticket: StreamTicket) -> None:
     """Decode chunks as they arrive and stamp them; ends with _END, or with the exception."""
     try:
         async for data in chunks:
             audio = decoder.decode(data)
             ticket.heard_at = time.monotonic()
             report.arrived(decoder.received_s, ticket.heard_at)
-            queue.put_nowait(audio)
+            await queue.put_audio(audio)  # waits while the session is max_backlog_s behind (pacing)
         queue.put_nowait(_END)
     except asyncio.CancelledError:
         raise
