@@ -50,8 +50,8 @@ def _write_tokens(path: Path, *extra: str) -> Path:
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + "}\n  - {name: a, sha256: " + "b" * 64 + "}\n",
      r"tokens\[1\].name: 'a' is used twice"),
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", max_streams: -1}\n", r"tokens\[0\].max_streams: must be"),
-    ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", audio_minutes_per_day: 60}\n",
-     r"tokens\[0\].audio_minutes_per_day: per-day audio quotas are not enforced yet"),
+    ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", audio_minutes_per_day: -5}\n",
+     r"tokens\[0\].audio_minutes_per_day: must be a number of minutes > 0"),
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", role: admin}\n", r"tokens\[0\]: unknown key\(s\) \['role'\]"),
     ("tokens:\n  - {name: a, sha256: " + "a" * 64 + ", expires: next week}\n",
      r"tokens\[0\].expires: must be an ISO 8601 date or time"),
@@ -331,3 +331,39 @@ def test_server_grpc_and_web_port_need_the_token(engine, tmp_path):
         with connect(f"ws://{web}/v1/translate?token={CAPPED}", open_timeout=10) as third:  # the slot came back
             third.send("not json")
             assert '"code": "INVALID_ARGUMENT"' in third.recv(timeout=10)
+
+
+def test_daily_audio_quota_ends_the_stream_that_uses_it_up_and_refuses_the_next(engine, tmp_path):
+    """A token with audio_minutes_per_day 0.1 (6 s) streams an 8.3 s French clip: the stream ends with
+    RESOURCE_EXHAUSTED once 6 s have been received, the token's next stream is refused at once, and
+    another token is not affected."""
+    from conftest import load_audio, load_manifest
+    from relais.client import TranslateClient, TranslateOptions
+    from relais.server.app import start_in_process
+    from relais.server.config import ServerConfig
+
+    metered = "tok-metered-0123456789"
+    tokens = _write_tokens(tmp_path / "tokens.yaml",
+                           f"  - name: metered\n    sha256: {hash_token(metered)}\n    audio_minutes_per_day: 0.1\n")
+    config = ServerConfig().replace(server={"host": "127.0.0.1", "port": 0, "metrics_port": 0},
+                                    auth={"tokens_file": str(tokens)})
+    audio = load_audio(next(u for u in load_manifest("fr_en_dev") if u.id == "fleurs_fr_test_1857").path)
+    options = TranslateOptions(target_language="en", source_language="fr", speed=0, return_audio=False)
+    with start_in_process(config, engine=engine) as handle:
+        outcomes = []
+        for token in (metered, metered, GOOD):
+            with TranslateClient(handle.address, timeout_s=60, token=token) as client:
+                try:
+                    result = client.translate_audio(audio, 16000, options)
+                    outcomes.append(("OK", result.translation))
+                except grpc.RpcError as err:
+                    outcomes.append((err.code().name, err.details()))
+        metrics = handle.server.metrics.exposition().decode()
+        used = handle.server.auth.used_today_s("metered")
+    quota_message = "token 'metered' has used its 0.1 audio minutes for "
+    assert outcomes[0][0] == "RESOURCE_EXHAUSTED" and outcomes[0][1].startswith(quota_message), outcomes[0]
+    assert "resets at midnight UTC" in outcomes[0][1]
+    assert outcomes[1][0] == "RESOURCE_EXHAUSTED" and outcomes[1][1].startswith(quota_message), outcomes[1]
+    assert outcomes[2][0] == "OK" and "added" in outcomes[2][1].lower(), outcomes[2]
+    assert 6.0 <= used < 8.3, used  # charged as the session took the audio, cut once past 6 s
+    assert 'relais_token_audio_seconds_total{token="metered"}' in metrics

@@ -322,21 +322,38 @@ def test_a_client_that_stops_reading_is_cut_off_with_resource_exhausted(model_se
 
 
 def test_audio_faster_than_real_time_is_paced_not_refused(model_set, engine):
-    """23 s of speech sent as fast as possible, with server.max_backlog_s 2: the server stops reading
-    while 2 s of audio wait for the session, so the client's last chunk leaves only once the session
-    has nearly caught up; nothing is dropped and the translation is whole."""
+    """47 s of speech (a 23 s clip twice) as 48 kHz stereo float32 (18 MB, more than the HTTP/2
+    windows buffer), sent as fast as possible with server.max_backlog_s 2: the server stops reading
+    while 2 s of audio wait for the session, so the sender is held back until the session has nearly
+    caught up; nothing is dropped and the translation is whole."""
+    import soxr
+
     from conftest import load_audio, load_manifest
-    from relais.client import TranslateClient, TranslateOptions
 
     utt = next(u for u in load_manifest("fr_en_dev") if u.id == "fleurs_fr_test_1690")
-    config = _config(model_set, max_backlog_s=2)
-    with start_in_process(config, engine=engine) as handle, TranslateClient(handle.address) as client:
-        result = client.translate_audio(load_audio(utt.path), 16000, TranslateOptions(
-            target_language="en", source_language="fr", speed=0, return_audio=False, chunk_ms=500))
-    assert result.summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
-    words = set(result.translation.lower().split())
-    assert {"athletes", "organization"} & words, result.translation
-    t = result.timings
-    # unpaced, all 47 chunks leave within milliseconds; paced, the last waits until the session is
-    # about 2 s (+ what the transport buffers) from the end
-    assert len(t.chunks_sent) == 47 and t.send_wall_s > 0.4 * t.total_wall_s, (t.send_wall_s, t.total_wall_s)
+    mono = soxr.resample(np.tile(load_audio(utt.path), 2), 16000, 48000)
+    data = np.stack([mono, mono], axis=1).astype("<f4").tobytes()
+    config = pb.TranslateRequest(config=pb.StreamConfig(
+        source_language="fr", target_language="en", return_audio=False,
+        input_format=pb.AudioFormat(encoding=pb.PCM_F32LE, sample_rate_hz=48000, channels=2)))
+    sent_at: list[float] = []
+
+    def requests():
+        yield config
+        step = 48000 * 2 * 4 // 2  # 0.5 s
+        for i in range(0, len(data), step):
+            sent_at.append(time.monotonic())
+            yield pb.TranslateRequest(audio=pb.AudioChunk(data=data[i:i + step]))
+
+    with start_in_process(_config(model_set, max_backlog_s=2), engine=engine) as handle:
+        with grpc.insecure_channel(handle.address) as channel:
+            started = time.monotonic()
+            responses = list(pb_grpc.SpeechTranslatorStub(channel).Translate(requests(), timeout=180))
+            ended = time.monotonic()
+    summary = responses[-1].summary
+    assert summary.audio_in_s == pytest.approx(2 * utt.duration_s, abs=0.01)
+    assert {"athletes", "organization"} & set(summary.translation.lower().split()), summary.translation
+    # unpaced, all 94 chunks would leave within a fraction of a second; paced, the last leaves once
+    # the session is within 2 s (+ what the transport buffers) of the end
+    send_s, total_s = sent_at[-1] - started, ended - started
+    assert len(sent_at) == 94 and send_s > 0.4 * total_s, (send_s, total_s)

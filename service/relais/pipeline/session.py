@@ -35,11 +35,6 @@ class StreamingSession:
         self._reported = (0.0, 0, 0.0)  # waited_s, steps, skipped_steps already in a ComputeSpent
 
     @property
-    def sheds_load(self) -> bool:
-        """Whether this stream decides less often when its model calls queue."""
-        return self.recognizer.settings.shedding is not None
-
-    @property
     def shedding_exhausted(self) -> bool:
         """Whether it already decides as rarely as load shedding allows."""
         shedding = self.recognizer.settings.shedding

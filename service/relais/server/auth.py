@@ -12,6 +12,7 @@ holds hashes, never tokens:
       - name: partner-a                # the name in logs and metrics (never the token)
         sha256: 9f86d08...             # hex sha256 of the token: `relais token hash` prints it
         max_streams: 4                 # optional: concurrent streaming calls of this token
+        audio_minutes_per_day: 600     # optional: source audio per UTC day, on this server process
         expires: 2027-01-31T00:00:00Z  # optional: refused from then on (a date means its midnight UTC)
       - name: old-partner
         sha256: 60303ae...
@@ -25,6 +26,7 @@ send). The check runs in the interceptor before the handler does any work:
     a token past its expires           -> UNAUTHENTICATED
     a disabled token                   -> PERMISSION_DENIED
     max_streams streams already open   -> PERMISSION_DENIED
+    audio_minutes_per_day used up      -> RESOURCE_EXHAUSTED (at the start, or mid-stream when it runs out)
 
 The presented token is hashed and compared with every entry by ``hmac.compare_digest``.
 On the web port the token comes in an ``Authorization: Bearer`` header or, for browsers
@@ -33,6 +35,7 @@ On the web port the token comes in an ``Authorization: Bearer`` header or, for b
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import hashlib
 import hmac
@@ -43,14 +46,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relais.errors import PermissionDenied, Unauthenticated
+from relais.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 OPEN_HEALTH_PREFIX = "/grpc.health.v1.Health/"
 OPEN_REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY_KEYS = {"name", "sha256", "max_streams", "disabled", "expires"}
+_ENTRY_KEYS = {"name", "sha256", "max_streams", "disabled", "expires", "audio_minutes_per_day"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class TokenEntry:
     max_streams: int = 0  # 0: no cap of its own (server.max_sessions still holds)
     disabled: bool = False
     expires: datetime.datetime | None = None  # aware (UTC); None: never
+    audio_minutes_per_day: float = 0.0  # source audio per UTC day (this process); 0: no quota
 
 
 @dataclass
@@ -84,6 +88,12 @@ class Grant:
     store: TokenStore | None = None
     holds_stream: bool = False
 
+    def charge(self, audio_s: float) -> None:
+        """Count ``audio_s`` of source audio against the token's daily quota (``ResourceExhausted`` once
+        it is used up: the stream ends)."""
+        if self.store is not None and self.token:
+            self.store.charge(self.token, audio_s)
+
     def release(self) -> None:
         if self.holds_stream and self.store is not None:
             self.holds_stream = False
@@ -91,6 +101,9 @@ class Grant:
 
 
 OPEN = Grant(token="")
+# The grant of the call being served (set by the interceptor and the web server around the handler),
+# so that the stream host can charge the audio it receives to the token.
+CURRENT_GRANT: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("relais_grant", default=None)
 
 
 def hash_token(token: str) -> str:
@@ -106,6 +119,7 @@ class TokenStore:
     metrics: object | None = None  # a RelaisMetrics: token_calls_total, token_streams_active (by name)
     entries: tuple[TokenEntry, ...] = ()
     streams: dict[str, int] = field(default_factory=dict)  # open streaming calls per token name
+    used: dict[str, tuple[datetime.date, float]] = field(default_factory=dict)  # (UTC day, audio s) per name
     _stamp: tuple | None = None
     _failed_stamp: tuple | None = None
 
@@ -135,6 +149,7 @@ class TokenStore:
             if count:
                 self._count(entry.name)
             return Grant(token=entry.name)
+        self._check_quota(entry)
         open_now = self.streams.get(entry.name, 0)
         if entry.max_streams and open_now >= entry.max_streams:
             raise PermissionDenied(f"token {entry.name!r} already has {open_now} open stream(s), its limit "
@@ -145,6 +160,29 @@ class TokenStore:
 
     def release(self, name: str) -> None:
         self._set_streams(name, max(0, self.streams.get(name, 0) - 1))
+
+    # --- the daily audio quota ---------------------------------------------------------------------
+
+    def used_today_s(self, name: str) -> float:
+        day, seconds = self.used.get(name, (None, 0.0))
+        return seconds if day == _now().date() else 0.0
+
+    def charge(self, name: str, audio_s: float) -> None:
+        """Add ``audio_s`` to the token's use today; ``ResourceExhausted`` once past its quota."""
+        used = self.used_today_s(name) + audio_s
+        self.used[name] = (_now().date(), used)
+        if self.metrics is not None:
+            self.metrics.token_audio_seconds_total.labels(token=name).inc(audio_s)
+        entry = next((e for e in self.entries if e.name == name), None)
+        if entry is not None:
+            self._check_quota(entry)
+
+    def _check_quota(self, entry: TokenEntry) -> None:
+        if entry.audio_minutes_per_day and self.used_today_s(entry.name) >= entry.audio_minutes_per_day * 60:
+            raise ResourceExhausted(
+                f"token {entry.name!r} has used its {entry.audio_minutes_per_day:g} audio minutes for "
+                f"{_now().date().isoformat()} (audio_minutes_per_day, UTC days, counted per server process); "
+                f"it resets at midnight UTC, or ask the operator for a higher quota")
 
     def _count(self, name: str) -> None:
         if self.metrics is not None:
@@ -229,9 +267,6 @@ def read_tokens(path: Path) -> tuple[TokenEntry, ...]:
         at = f"{where}: tokens[{i}]"
         if not isinstance(raw, dict):
             raise ValueError(f"{at}: must be a mapping with name and sha256, got {type(raw).__name__}")
-        if "audio_minutes_per_day" in raw:
-            raise ValueError(f"{at}.audio_minutes_per_day: per-day audio quotas are not enforced yet "
-                             f"(docs/security.md); remove the key")
         unknown = sorted(set(raw) - _ENTRY_KEYS)
         if unknown:
             raise ValueError(f"{at}: unknown key(s) {unknown}; known keys are {sorted(_ENTRY_KEYS)}")
@@ -248,9 +283,14 @@ def read_tokens(path: Path) -> tuple[TokenEntry, ...]:
             raise ValueError(f"{at}.max_streams: must be an integer >= 1 (or absent: no cap), got {max_streams!r}")
         if not isinstance(disabled, bool):
             raise ValueError(f"{at}.disabled: must be true or false, got {disabled!r}")
+        quota = raw.get("audio_minutes_per_day", 0)
+        if isinstance(quota, bool) or not isinstance(quota, (int, float)) or quota < 0:
+            raise ValueError(f"{at}.audio_minutes_per_day: must be a number of minutes > 0 (or absent: no "
+                             f"quota), got {quota!r}")
         names.add(name)
         entries.append(TokenEntry(name=name, sha256=digest, max_streams=max_streams, disabled=disabled,
-                                  expires=parse_expiry(raw.get("expires"), f"{at}.expires")))
+                                  expires=parse_expiry(raw.get("expires"), f"{at}.expires"),
+                                  audio_minutes_per_day=float(quota)))
     return tuple(entries)
 
 

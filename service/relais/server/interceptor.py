@@ -37,7 +37,7 @@ from grpc import aio
 
 from relais.errors import (DeadlineExceeded, InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated,
                            Unavailable, Unimplemented)
-from relais.server.auth import metadata_value
+from relais.server.auth import CURRENT_GRANT, metadata_value
 
 if TYPE_CHECKING:
     from relais.server.auth import Grant, TokenStore
@@ -116,13 +116,16 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):
     async def _guarded(self, method: str, context: aio.ServicerContext, streaming: bool) -> AsyncIterator[None]:
         """Authorise the call before any work, map what escapes the handler to a status, and give the
         token's grant back however the call ends."""
-        grant = None
+        grant, bound = None, None
         try:
             grant = self._authorize(method, context, streaming)
+            bound = CURRENT_GRANT.set(grant)
             yield
         except Exception as exc:  # noqa: BLE001 - mapped by _abort
             await self._abort(exc, context, method)
         finally:
+            if bound is not None:
+                CURRENT_GRANT.reset(bound)
             if grant is not None:
                 grant.release()
 

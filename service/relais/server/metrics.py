@@ -61,6 +61,8 @@ class RelaisMetrics:
             ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
         self.token_calls_total = Counter(  # auth.tokens_file set: by token NAME, never the token
             "relais_token_calls_total", "Authenticated calls by token name", ["token"], registry=r)
+        self.token_audio_seconds_total = Counter(  # by token NAME: what audio_minutes_per_day counts
+            "relais_token_audio_seconds_total", "Source audio received, by token name", ["token"], registry=r)
         self.token_streams_active = Gauge("relais_token_streams_active", "Streaming calls open, by token name",
                                           ["token"], registry=r)
         self.serving = Gauge("relais_serving", "1 while the server takes new streams (models warm, not draining)",

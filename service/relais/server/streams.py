@@ -34,6 +34,7 @@ from relais.pipeline.engine import TranslationEngine
 from relais.pipeline.events import PipelineEvent, SpeechSegment
 from relais.pipeline.scheduler import LOAD_WINDOW_S, ModelScheduler
 from relais.pipeline.session import StreamingSession
+from relais.server.auth import CURRENT_GRANT
 from relais.server.messages import StreamPlan
 from relais.server.metrics import RelaisMetrics
 from relais.server.report import StreamReport, StreamSummary
@@ -186,8 +187,9 @@ class StreamHost:
                                     f"(server.max_sessions); retry later")
         if self.admit_max_load and self.gate.scheduler is not None and self.gate.active:
             sessions = [t.session for t in self._tickets.values() if t.session is not None]
+            shedding = self.gate.engine is not None and self.gate.engine.config.load_shedding is not None
             refusal = capacity_refusal(self.gate.scheduler.utilisation(), self.gate.active, self.admit_max_load,
-                                       shedding=any(s.sheds_load for s in sessions),
+                                       shedding=shedding,
                                        exhausted=sum(s.shedding_exhausted for s in sessions))
             if refusal:
                 raise ResourceExhausted(f"server is at its measured capacity: {refusal}; retry later or on "
@@ -242,6 +244,8 @@ class StreamHost:
                 audio = [a for a in audio if a.size]
                 if audio:
                     samples = np.concatenate(audio)
+                    if (grant := CURRENT_GRANT.get()) is not None:
+                        grant.charge(len(samples) / PIPELINE_RATE_HZ)  # the token's daily quota
                     report.audio_in_s += len(samples) / PIPELINE_RATE_HZ
                     self.metrics.audio_seconds_total.labels(direction="in").inc(len(samples) / PIPELINE_RATE_HZ)
                     await self._call(session.push_audio, (samples,), report, send)

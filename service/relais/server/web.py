@@ -51,7 +51,7 @@ from websockets.protocol import State
 from relais.errors import (DeadlineExceeded, InvalidRequest, PermissionDenied, ResourceExhausted, Unauthenticated,
                            Unavailable)
 from relais.pipeline.events import PipelineEvent
-from relais.server.auth import TokenStore, metadata_value
+from relais.server.auth import CURRENT_GRANT, TokenStore, metadata_value
 from relais.server.interceptor import status_for
 from relais.server.messages import capabilities_message, event_response, plan_stream, started_message, summary_message
 from relais.server.report import StreamReport
@@ -171,6 +171,7 @@ class WebServer:
         try:
             if self._auth is not None:  # the token was checked before the handshake; now take a stream slot
                 grant = self._auth.authorize(WEB_METHOD, _authorization(ws.request), streaming=True)
+                CURRENT_GRANT.set(grant)  # this connection's own task: the stream host charges its audio to it
             async with self.host.accounting() as ticket:
                 await self._translate(ws, ticket)
         except Exception as exc:  # noqa: BLE001 - mapped to a close code below
