@@ -20,26 +20,12 @@ import time
 from pathlib import Path
 
 from relais.audio.files import load_audio_16k
+from relais.eval.command import parse_profile
 from relais.eval.data import default_eval_dir, read_manifest
 from relais.eval.machine import machine
 from relais.pipeline.engine import LATENCY_PROFILES, EngineConfig, TranslationEngine
 
 CHUNK = 1600  # 100 ms at 16 kHz
-
-
-def _overrides(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        for pair in item.split(","):
-            key, _, value = pair.partition("=")
-            try:
-                out[key] = int(value)
-            except ValueError:
-                try:
-                    out[key] = float(value)
-                except ValueError:
-                    out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", dest="target", default="en")
     args = p.parse_args(argv)
     manifest = args.manifest or default_eval_dir() / "fr_en_dev" / "manifest.tsv"
-    engine = TranslationEngine(EngineConfig(models_dir=args.models, latency_overrides=_overrides(args.profile)))
+    engine = TranslationEngine(EngineConfig(models_dir=args.models, latency_overrides=parse_profile(args.profile, args.latency)))
     engine.warm_up()
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()

@@ -5,7 +5,8 @@ status:
 
     InvalidRequest                   -> INVALID_ARGUMENT  (message passed through)
     ResourceExhausted                -> RESOURCE_EXHAUSTED
-    DeadlineExceeded                 -> DEADLINE_EXCEEDED (server.max_session_s, server.idle_timeout_s)
+    DeadlineExceeded                 -> DEADLINE_EXCEEDED (server.max_session_s, server.idle_timeout_s,
+                                        load.call_timeout_s)
     Unavailable (warming, draining)  -> UNAVAILABLE
     Unimplemented                    -> UNIMPLEMENTED
     Unauthenticated                  -> UNAUTHENTICATED    (relais.server.auth: checked before the handler runs)
