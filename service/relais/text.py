@@ -19,9 +19,10 @@ def starts_with_punctuation(piece: str) -> bool:
 
 def join_pieces(pieces: Iterable[str]) -> str:
     """The pieces as one text: a space between them, none before a piece that starts with punctuation."""
-    out = ""
+    parts: list[str] = []
     for piece in (p.strip() for p in pieces):
-        if not piece:
-            continue
-        out = f"{out}{piece}" if not out or starts_with_punctuation(piece) else f"{out} {piece}"
-    return out
+        if piece:
+            if parts and not starts_with_punctuation(piece):
+                parts.append(" ")
+            parts.append(piece)
+    return "".join(parts)  # one join: an hour-long stream's summary is thousands of pieces

@@ -120,7 +120,6 @@ class LoadSection:
     admit_max_load: float = 0.9  # refuse a new stream (RESOURCE_EXHAUSTED) when the scheduler's measured
     #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
     #   stream would push the utilisation past it); 0: off
-
     call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
     #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
 
@@ -164,7 +163,6 @@ class ServerConfig:
     def engine_config(self) -> EngineConfig:
         """The relais.pipeline.engine.EngineConfig these settings describe."""
         from relais.pipeline.engine import EngineConfig
-
         from relais.pipeline.recognizer import LoadShedding
 
         models_dir = Path(self.models.dir).expanduser() if self.models.dir else None
