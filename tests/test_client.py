@@ -179,8 +179,12 @@ def test_concurrent_streams_keep_their_own_results(server_address):
     results = [(utt, result) for utt, result, _ in runs]
     for (utt, result), keyword in zip(results, clips.values()):
         assert result.summary.audio_in_s == pytest.approx(utt.duration_s, abs=0.01)
+        # two streams at once queue for the model slot, so load shedding may decide on another grid
+        # ("building" or "buildings"): match the word's stem, and never the other clip's
         words = set(re.findall(r"[a-z]+", result.translation.lower()))
-        assert keyword in words and not (set(clips.values()) - {keyword}) & words, (utt.id, result.translation)
+        others = set(clips.values()) - {keyword}
+        assert any(w.startswith(keyword) for w in words), (utt.id, result.translation)
+        assert not any(w.startswith(o) for o in others for w in words), (utt.id, result.translation)
         assert not result.audio_chunks and result.audio.size == 0
     sessions = [result.session.session_id for _, result in results]
     assert len(set(sessions)) == 2

@@ -78,7 +78,12 @@ def test_capacity_is_full_only_when_the_scheduler_is_busy_and_streams_cannot_she
 
 # --- real servers ----------------------------------------------------------------------------------
 
-CLIPS = {"fleurs_fr_test_1857": "responsibility", "fleurs_fr_test_1913": "phrase", "fleurs_fr_test_2004": "wall"}
+# content words of each clip's translation (any one must come through; under load the decode grid, and so
+# the exact wording, depends on timing)
+CLIPS = {"fleurs_fr_test_1857": {"added", "obligations", "development", "responsibility"},
+         "fleurs_fr_test_1913": {"phrase", "power", "light", "words"},
+         "fleurs_fr_test_2004": {"month", "track", "wall", "people"}}
+CLIP_1690 = {"athletes", "organization", "olympic", "accreditation", "clubs"}
 
 
 def _clip(utterance_id: str):
@@ -100,6 +105,10 @@ def _translate(address: str, utterance_id: str, barrier: threading.Barrier | Non
             target_language="en", source_language="fr", speed=0, return_audio=False))
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
 def _metric(handle, name: str) -> float:
     text = handle.server.metrics.exposition().decode()
     line = next((line for line in text.splitlines() if line.startswith(name + " ")), f"{name} 0")
@@ -115,10 +124,10 @@ def test_loaded_streams_decide_less_often_report_it_and_still_translate(model_se
         barrier = threading.Barrier(len(CLIPS))
         with futures.ThreadPoolExecutor(len(CLIPS)) as pool:
             results = list(pool.map(lambda u: _translate(address, u, barrier), CLIPS))
-        for (utt, keyword), result in zip(CLIPS.items(), results):
+        for (utt, keywords), result in zip(CLIPS.items(), results):
             s = result.summary
             assert s.queue_wait_s > 0.5 and 0 < s.degraded_fraction <= 2 / 3, (utt, s)
-            assert keyword in result.translation.lower(), (utt, result.translation)
+            assert _words(result.translation) & keywords, (utt, result.translation)
         skipped = _metric(handle, 'relais_decision_steps_total{outcome="skipped"}')
         assert skipped > 0 and _metric(handle, 'relais_decision_steps_total{outcome="run"}') > 0
         alone = _translate(address, "fleurs_fr_test_1857").summary
@@ -144,7 +153,7 @@ def test_a_stream_past_measured_capacity_is_refused_with_resource_exhausted(mode
             result = first.result(timeout=120)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "measured capacity" in refused.value.details() and "load.admit_max_load" in refused.value.details()
-        assert "organization" in result.translation.lower() or "athletes" in result.translation.lower()
+        assert _words(result.translation) & CLIP_1690, result.translation
         assert _metric(handle, 'relais_sessions_total{outcome="rejected"}') == 1
         assert _metric(handle, "relais_sessions_active") == 0
 
@@ -174,4 +183,4 @@ def test_with_shedding_a_busy_server_refuses_once_its_streams_cannot_shed_more(m
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "decide as rarely as load shedding allows" in refused.value.details()
         for result in results:
-            assert "athletes" in result.translation.lower() and result.summary.degraded_fraction > 0
+            assert _words(result.translation) & CLIP_1690 and result.summary.degraded_fraction > 0
