@@ -140,8 +140,10 @@ def _translate(address: str, requests: Callable[[threading.Event], Iterator], ch
 ], ids=["before-config", "after-config", "between-chunks", "max-session"])
 def test_time_limits_end_the_stream_with_deadline_exceeded(limited, requests, message, min_s, max_s):
     """Each limit ends the stream with DEADLINE_EXCEEDED and a message naming its key, at about its time;
-    the session slot is given back."""
-    before = _metric(limited.server.metrics.exposition().decode(), 'relais_errors_total{code="DEADLINE_EXCEEDED"}')
+    the session slot is given back; the stream counts as the client's doing (outcome client_error)."""
+    text = limited.server.metrics.exposition().decode()
+    before = _metric(text, 'relais_errors_total{code="DEADLINE_EXCEEDED"}')
+    before_outcomes = {o: _metric(text, f'relais_sessions_total{{outcome="{o}"}}') for o in ("client_error", "error")}
     _, code, details, took_s = _translate(limited.address, requests)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED, (code, details)
     assert message in details
@@ -149,6 +151,9 @@ def test_time_limits_end_the_stream_with_deadline_exceeded(limited, requests, me
     text = limited.server.metrics.exposition().decode()
     assert _metric(text, 'relais_errors_total{code="DEADLINE_EXCEEDED"}') == before + 1
     assert _sessions_active(limited) == 0
+    text = limited.server.metrics.exposition().decode()
+    assert _metric(text, 'relais_sessions_total{outcome="client_error"}') == before_outcomes["client_error"] + 1
+    assert _metric(text, 'relais_sessions_total{outcome="error"}') == before_outcomes["error"]
 
 
 def test_a_stream_that_keeps_sending_is_not_idle(limited):
@@ -318,7 +323,9 @@ def test_a_client_that_stops_reading_is_cut_off_with_resource_exhausted(model_se
         assert freed, "the server kept the session of a client that reads nothing"
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "has not read the responses for 2 s (server.send_timeout_s)" in ended.value.details()
-        assert _metric(handle.server.metrics.exposition().decode(), 'relais_sessions_total{outcome="error"}') == 1
+        text = handle.server.metrics.exposition().decode()  # the client's doing, not a server fault
+        assert _metric(text, 'relais_sessions_total{outcome="client_error"}') == 1
+        assert _metric(text, 'relais_sessions_total{outcome="error"}') == 0
 
 
 def test_audio_faster_than_real_time_is_paced_not_refused(model_set, engine):

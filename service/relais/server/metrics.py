@@ -30,7 +30,7 @@ from relais.server.report import StreamReport, StreamSummary
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("ok", "cancelled", "error", "rejected")
+OUTCOMES = ("ok", "cancelled", "client_error", "error", "rejected")
 STAGES = ("vad", "encoder", "language", "decoder", "tts")
 DIRECTIONS = ("in", "out")
 
@@ -52,8 +52,9 @@ class RelaisMetrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
         self.sessions_active = Gauge("relais_sessions_active", "Translate streams in progress", registry=r)
         self.sessions_total = Counter(
-            "relais_sessions_total", "Translate streams by outcome: ok, cancelled (client left), "
-            "error (incl. bad config), rejected (busy, warming, draining)", ["outcome"], registry=r)
+            "relais_sessions_total", "Translate streams by outcome: ok, cancelled (client left), client_error "
+            "(bad config or audio, idle, over a limit or quota), error (the server's fault), rejected (busy, "
+            "warming, draining)", ["outcome"], registry=r)
         self.stage_latency_seconds = Histogram("relais_stage_latency_seconds", "Duration of one model call",
                                                ["stage"], buckets=_STAGE_BUCKETS_S, registry=r)
         self.scheduler_wait_seconds = Histogram(

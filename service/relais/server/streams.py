@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from relais.audio.stream import PIPELINE_RATE_HZ, InputDecoder
-from relais.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from relais.errors import (DeadlineExceeded, InvalidRequest, ModelCallTimeout, PermissionDenied, ResourceExhausted,
+                           Unauthenticated, Unavailable)
 from relais.pipeline.engine import TranslationEngine
 from relais.pipeline.events import PipelineEvent, SpeechSegment
 from relais.pipeline.scheduler import LOAD_WINDOW_S, ModelScheduler
@@ -156,7 +157,8 @@ class StreamHost:
 
     @contextlib.asynccontextmanager
     async def accounting(self) -> AsyncIterator[StreamTicket]:
-        """Wrap a whole stream: counts its outcome (ok, cancelled, error, rejected) and frees its slot.
+        """Wrap a whole stream: counts its outcome (ok, cancelled, client_error, error, rejected) and frees
+        its slot; "error" is kept for the server's own faults, which is what RelaisStreamErrorsHigh alerts on.
         A client that went away ends the stream quietly (``ClientGone`` is swallowed)."""
         now = time.monotonic()
         ticket = StreamTicket(deadline=now + self.max_session_s, heard_at=now)
@@ -170,8 +172,15 @@ class StreamHost:
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
+        except ModelCallTimeout:
+            raise  # the server's fault: counted as "error"
         except (Unavailable, ResourceExhausted):
-            outcome = "error" if ticket.admitted else "rejected"
+            # a refused start is "rejected"; an admitted stream cut off by a limit (its token's quota, not
+            # reading its responses) ended by the client's doing, like one that sent something invalid
+            outcome = "client_error" if ticket.admitted else "rejected"
+            raise
+        except (InvalidRequest, DeadlineExceeded, Unauthenticated, PermissionDenied):
+            outcome = "client_error"  # idle or over max_session_s, bad config or audio, token refused
             raise
         finally:
             if ticket.admitted:
@@ -286,6 +295,9 @@ class StreamHost:
     async def _get_before(self, queue: AudioQueue, ticket: StreamTicket):
         """The reader's next item; it stamps ``heard_at`` as chunks arrive, so audio that arrived while
         the session was busy counts as heard."""
+        if not queue.empty() and time.monotonic() < ticket.deadline:  # audio is waiting: the client is
+            # not idle, however long the session's last call took
+            return queue.get_nowait()
         try:
             return await asyncio.wait_for(queue.get(), timeout=self._time_left(ticket))
         except asyncio.TimeoutError:
@@ -312,6 +324,7 @@ async def _read_audio(chunks: AsyncIterator[bytes], decoder: InputDecoder, repor
             ticket.heard_at = time.monotonic()
             report.arrived(decoder.received_s, ticket.heard_at)
             await queue.put_audio(audio)  # waits while the session is max_backlog_s behind (pacing)
+            ticket.heard_at = time.monotonic()  # ...which is the server's time, not the client's silence
         queue.put_nowait(_END)
     except asyncio.CancelledError:
         raise
