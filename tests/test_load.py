@@ -31,11 +31,12 @@ LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
 
 def test_load_keys_defaults_become_the_engine_and_validation_names_the_key():
     cfg = load_config(env={})
-    assert (cfg.load.shed_wait_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load) == (0.25, 3.0, 0.9)
+    assert (cfg.load.shed_wait_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load, cfg.load.new_stream_cost) \
+        == (0.25, 3.0, 0.9, 0.3)
     assert cfg.engine_config().load_shedding == LoadShedding(wait_high_s=0.25, max_stretch=3.0)
     assert load_config(env={"RELAIS_LOAD_SHED_WAIT_S": "0"}).engine_config().load_shedding is None  # off
     for key, value, rule in (("shed_wait_s", "-1", "must be >= 0 seconds"), ("shed_max_stretch", "0.5", "1..10"),
-                             ("admit_max_load", "1.5", "0..1")):
+                             ("admit_max_load", "1.5", "0..1"), ("new_stream_cost", "-0.1", "0..1")):
         with pytest.raises(ValueError, match=f"load.{key}: .*{re.escape(rule)}"):
             load_config(env={f"RELAIS_LOAD_{key.upper()}": value})
 
@@ -74,6 +75,16 @@ def test_capacity_is_full_only_when_the_scheduler_is_busy_and_streams_cannot_she
     assert capacity_refusal(0.4, 2, 0.9, shedding=False, exhausted=0) is None  # 0.4 x 3/2 = 0.6
     why = capacity_refusal(0.5, 1, 0.9, shedding=False, exhausted=0)
     assert why and "about 100%" in why and "load.admit_max_load 90%" in why
+
+
+def test_a_burst_of_starts_counts_the_streams_the_measure_has_not_seen_yet():
+    # an idle measure, but two streams just started at 30 % each: a third fits (90 %), a fourth does not
+    assert capacity_refusal(0.0, 2, 0.9, shedding=True, exhausted=0, expected=0.6, young=2, new_cost=0.3) is None
+    why = capacity_refusal(0.05, 3, 0.9, shedding=True, exhausted=0, expected=0.9, young=3, new_cost=0.3)
+    assert why and "3 of them started in the last 10 s" in why and "about 120%" in why
+    assert "load.new_stream_cost 30%" in why
+    # once no stream is young, the measure alone decides again (here: the shedding rule admits)
+    assert capacity_refusal(0.95, 4, 0.9, shedding=True, exhausted=0, expected=1.2, young=0, new_cost=0.3) is None
 
 
 # --- real servers ----------------------------------------------------------------------------------
@@ -162,7 +173,8 @@ def test_with_shedding_a_busy_server_refuses_once_its_streams_cannot_shed_more(m
     """Two long clips sent as fast as possible queue for the one model slot; once one of them
     decides as rarely as allowed (here 1.5x its step) while the scheduler is busy, a third
     stream is refused, and the two finish their translations."""
-    config = _config(model_set, shed_wait_s=0.05, shed_max_stretch=1.5, admit_max_load=0.5)
+    config = _config(model_set, shed_wait_s=0.05, shed_max_stretch=1.5, admit_max_load=0.5,
+                     new_stream_cost=0)  # the shedding rule alone
     with start_in_process(config) as handle:
         address, host = handle.address, handle.server.host
         with futures.ThreadPoolExecutor(2) as pool:
@@ -184,3 +196,36 @@ def test_with_shedding_a_busy_server_refuses_once_its_streams_cannot_shed_more(m
         assert "decide as rarely as load shedding allows" in refused.value.details()
         for result in results:
             assert _words(result.translation) & CLIP_1690 and result.summary.degraded_fraction > 0
+
+
+def test_a_burst_of_real_time_streams_is_admitted_only_as_far_as_their_expected_cost_allows(model_set):
+    """Five real-time streams start at once on an idle server: the measure shows nothing yet, so each
+    new one counts at load.new_stream_cost (30 %); three fit under load.admit_max_load (90 %), the
+    other two are refused with RESOURCE_EXHAUSTED saying why, and the three translate their clips."""
+    with start_in_process(_config(model_set)) as handle:  # the default load keys
+        address = handle.address
+        clips = ["fleurs_fr_test_1857", "fleurs_fr_test_1913", "fleurs_fr_test_2004"] * 2
+        barrier = threading.Barrier(5)
+
+        def one(utterance_id: str):
+            audio = _clip(utterance_id)
+            with TranslateClient(address) as client:
+                barrier.wait(60)
+                try:
+                    return client.translate_audio(audio, 16000, TranslateOptions(
+                        target_language="en", source_language="fr", speed=1.0, return_audio=False))
+                except grpc.RpcError as err:
+                    return err
+
+        with futures.ThreadPoolExecutor(5) as pool:
+            outcomes = list(pool.map(one, clips[:5]))
+        refused = [o for o in outcomes if isinstance(o, grpc.RpcError)]
+        assert len(refused) == 2, [o.details() if isinstance(o, grpc.RpcError) else o.translation for o in outcomes]
+        for err in refused:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "started in the last 10 s" in err.details() and "load.new_stream_cost" in err.details()
+        for utt, result in zip(clips, outcomes):
+            if not isinstance(result, grpc.RpcError):
+                assert _words(result.translation) & CLIPS[utt], (utt, result.translation)
+        assert _metric(handle, 'relais_sessions_total{outcome="rejected"}') == 2
+        assert _metric(handle, "relais_sessions_active") == 0

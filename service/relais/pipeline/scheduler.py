@@ -99,12 +99,23 @@ class StreamCalls:
         self._scheduler = scheduler
         self._spent: dict[str, float] = {}
         self.waited_s = 0.0  # queued for a slot, all this stream's calls so far
+        self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
         timed = self._scheduler.run(stage, fn, *args, **kwargs)
         self._spent[stage] = self._spent.get(stage, 0.0) + timed.seconds
         self.waited_s += timed.waited
+        now = time.monotonic()
+        self._recent.append((now, timed.seconds))
+        while self._recent[0][0] < now - LOAD_WINDOW_S:
+            self._recent.popleft()
         return timed.value
+
+    def recent_load(self, now: float | None = None) -> float:
+        """This stream's share of one model slot over the last LOAD_WINDOW_S (what it adds to the
+        scheduler's utilisation; a stream younger than the window shows only what it did so far)."""
+        now = time.monotonic() if now is None else now
+        return sum(seconds for end, seconds in self._recent if end >= now - LOAD_WINDOW_S) / LOAD_WINDOW_S
 
     def take_spent(self) -> dict[str, float]:
         """Compute by stage since the last call (and reset)."""

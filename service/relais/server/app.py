@@ -83,6 +83,7 @@ class RelaisServer:
         self.host = StreamHost(self.gate, self.metrics, self._pool, max_sessions=cfg.max_sessions,
                                max_session_s=cfg.max_session_s, idle_timeout_s=cfg.idle_timeout_s,
                                admit_max_load=self.config.load.admit_max_load,
+                               new_stream_cost=self.config.load.new_stream_cost,
                                send_timeout_s=cfg.send_timeout_s, max_backlog_s=cfg.max_backlog_s)
         servicer = SpeechTranslatorServicer(self.host)
         translator_pb2_grpc.add_SpeechTranslatorServicer_to_server(servicer, self._server)

@@ -7,7 +7,7 @@
     runtime:  {providers, intra_op_threads, trt_cache_dir}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
-    load:     {shed_wait_s, shed_max_stretch, admit_max_load, call_timeout_s}
+    load:     {shed_wait_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s}
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -120,6 +120,11 @@ class LoadSection:
     admit_max_load: float = 0.9  # refuse a new stream (RESOURCE_EXHAUSTED) when the scheduler's measured
     #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
     #   stream would push the utilisation past it); 0: off
+    # What a stream started in the last LOAD_WINDOW_S (10 s) is expected to add to the utilisation once it
+    # sheds all it may, until the measure shows it: a burst of starts is admitted only while these add up
+    # under admit_max_load (measured 0.29 per real-time stream on 2 CPU cores, balanced mode, at
+    # shed_max_stretch 3: docs/operations.md "Load"); 0: trust the measure alone.
+    new_stream_cost: float = 0.3
     call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
     #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
 
@@ -131,6 +136,8 @@ class LoadSection:
                self.shed_max_stretch)
         _check(0.0 <= self.admit_max_load <= 1.0, "load.admit_max_load", "must be within 0..1 (0 = off)",
                self.admit_max_load)
+        _check(0.0 <= self.new_stream_cost <= 1.0, "load.new_stream_cost", "must be within 0..1 (0 = off)",
+               self.new_stream_cost)
 
 
 @dataclass(frozen=True)

@@ -76,20 +76,31 @@ class StreamTicket:
     deadline: float
     heard_at: float  # monotonic time of the client's last message (the idle timeout counts from it)
     admitted: bool = False
+    admitted_at: float = 0.0  # monotonic
     session_id: str = ""
     session: StreamingSession | None = None  # once opened
 
 
 def capacity_refusal(utilisation: float, streams: int, max_load: float, *, shedding: bool,
-                     exhausted: int) -> str | None:
+                     exhausted: int, expected: float = 0.0, young: int = 0, new_cost: float = 0.0) -> str | None:
     """Why a new stream would make the running ones miss their pace (None: admit it).
 
-    With load shedding, a busy scheduler is not yet full: streams can still decide less often.
-    The server is full when the scheduler is busy (``utilisation`` >= ``max_load``) and some
-    stream already sheds all it may (``exhausted`` streams at their largest step). Without
-    shedding, a stream is refused when one more like the running ones would push the measured
-    utilisation past ``max_load``."""
+    The measure lags a burst of starts. While ``young`` streams started within the load window,
+    ``expected`` is the running streams' load: what the older ones computed in the window, and
+    ``new_cost`` for each young one (what a real-time stream costs once it sheds all it may: a file
+    sent as fast as possible may take more while the scheduler is free, but gives it up under
+    load). A stream is then refused when ``expected`` plus its own ``new_cost`` exceeds ``max_load``.
+
+    Otherwise, with load shedding, a busy scheduler is not yet full: streams can still decide
+    less often. The server is full when the scheduler is busy (``utilisation`` >= ``max_load``)
+    and some stream already sheds all it may (``exhausted`` streams at their largest step).
+    Without shedding, a stream is refused when one more like the running ones would push the
+    measured utilisation past ``max_load``."""
     window = f"{utilisation:.0%} busy over the last {LOAD_WINDOW_S:.0f} s with {streams} streams"
+    if young and expected + new_cost > max_load:
+        return (f"its {streams} streams are expected to keep it {expected:.0%} busy ({young} of them started in the "
+                f"last {LOAD_WINDOW_S:.0f} s and count at least load.new_stream_cost {new_cost:.0%}), so one more "
+                f"would need about {expected + new_cost:.0%} (load.admit_max_load {max_load:.0%})")
     if shedding:
         if utilisation >= max_load and exhausted:
             return (f"its model scheduler was {window}, and {exhausted} of them already decide as rarely as "
@@ -147,11 +158,11 @@ class AudioQueue:
 
 class StreamHost:
     def __init__(self, gate: Gate, metrics: RelaisMetrics, pool: Executor, *, max_sessions: int,
-                 max_session_s: float, idle_timeout_s: float, admit_max_load: float = 0.0,
+                 max_session_s: float, idle_timeout_s: float, admit_max_load: float = 0.0, new_stream_cost: float = 0.0,
                  send_timeout_s: float = 30.0, max_backlog_s: float = 20.0):
         self.gate, self.metrics, self.pool = gate, metrics, pool
         self.max_sessions, self.max_session_s, self.idle_timeout_s = max_sessions, max_session_s, idle_timeout_s
-        self.admit_max_load = admit_max_load
+        self.admit_max_load, self.new_stream_cost = admit_max_load, new_stream_cost
         self.send_timeout_s, self.max_backlog_s = send_timeout_s, max_backlog_s
         self._tickets: dict[int, StreamTicket] = {}  # the admitted streams, by id() of their ticket
 
@@ -197,13 +208,21 @@ class StreamHost:
         if self.admit_max_load and self.gate.scheduler is not None and self.gate.active:
             sessions = [t.session for t in self._tickets.values() if t.session is not None]
             shedding = self.gate.engine is not None and self.gate.engine.config.load_shedding is not None
-            refusal = capacity_refusal(self.gate.scheduler.utilisation(), self.gate.active, self.admit_max_load,
-                                       shedding=shedding,
-                                       exhausted=sum(s.shedding_exhausted for s in sessions))
+            now = time.monotonic()
+            expected, young = 0.0, 0
+            for t in self._tickets.values():  # the running streams only: not those that ended in the window
+                if now - t.admitted_at < LOAD_WINDOW_S and self.new_stream_cost:
+                    young += 1
+                    expected += self.new_stream_cost
+                elif t.session is not None:
+                    expected += t.session.calls.recent_load(now)
+            refusal = capacity_refusal(self.gate.scheduler.utilisation(now), self.gate.active, self.admit_max_load,
+                                       shedding=shedding, exhausted=sum(s.shedding_exhausted for s in sessions),
+                                       expected=expected, young=young, new_cost=self.new_stream_cost)
             if refusal:
                 raise ResourceExhausted(f"server is at its measured capacity: {refusal}; retry later or on "
                                         f"another replica")
-        ticket.admitted = True
+        ticket.admitted, ticket.admitted_at = True, time.monotonic()
         self._tickets[id(ticket)] = ticket
         self.gate.active += 1
         self.metrics.sessions_active.inc()
