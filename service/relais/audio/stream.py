@@ -195,6 +195,10 @@ class InputDecoder:
             if self._wav_data_left < layout.frame_bytes:
                 self._pending.clear()  # chunks after the data (LIST...) are not audio
         audio = _to_float(raw, layout.encoding)
+        if layout.encoding == PCM_F32LE and not np.isfinite(audio).all():
+            bad = int(np.flatnonzero(~np.isfinite(audio))[0]) // layout.channels
+            raise InvalidRequest(f"PCM_F32LE audio has a NaN or infinite sample (frame {self.frames_in + bad}); "
+                                 f"send finite float32 samples in -1..1")
         if layout.channels > 1:
             audio = audio.reshape(-1, layout.channels).mean(axis=1, dtype=np.float32)
         self.frames_in += len(audio)
