@@ -32,7 +32,7 @@ LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
 def test_load_keys_defaults_become_the_engine_and_validation_names_the_key():
     cfg = load_config(env={})
     assert (cfg.load.shed_wait_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load, cfg.load.new_stream_cost) \
-        == (0.25, 3.0, 0.9, 0.3)
+        == (0.25, 3.0, 0.9, 0.4)
     assert cfg.engine_config().load_shedding == LoadShedding(wait_high_s=0.25, max_stretch=3.0)
     assert load_config(env={"RELAIS_LOAD_SHED_WAIT_S": "0"}).engine_config().load_shedding is None  # off
     for key, value, rule in (("shed_wait_s", "-1", "must be >= 0 seconds"), ("shed_max_stretch", "0.5", "1..10"),
@@ -200,9 +200,9 @@ def test_with_shedding_a_busy_server_refuses_once_its_streams_cannot_shed_more(m
 
 def test_a_burst_of_real_time_streams_is_admitted_only_as_far_as_their_expected_cost_allows(model_set):
     """Five real-time streams start at once on an idle server: the measure shows nothing yet, so each
-    new one counts at load.new_stream_cost (30 %); three fit under load.admit_max_load (90 %), the
-    other two are refused with RESOURCE_EXHAUSTED saying why, and the three translate their clips."""
-    with start_in_process(_config(model_set)) as handle:  # the default load keys
+    new one counts at load.new_stream_cost (30 % here); three fit under load.admit_max_load (90 %),
+    the other two are refused with RESOURCE_EXHAUSTED saying why, and the three translate their clips."""
+    with start_in_process(_config(model_set, new_stream_cost=0.3)) as handle:
         address = handle.address
         clips = ["fleurs_fr_test_1857", "fleurs_fr_test_1913", "fleurs_fr_test_2004"] * 2
         barrier = threading.Barrier(5)

@@ -120,11 +120,11 @@ class LoadSection:
     admit_max_load: float = 0.9  # refuse a new stream (RESOURCE_EXHAUSTED) when the scheduler's measured
     #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
     #   stream would push the utilisation past it); 0: off
-    # What a stream started in the last LOAD_WINDOW_S (10 s) is expected to add to the utilisation once it
-    # sheds all it may, until the measure shows it: a burst of starts is admitted only while these add up
-    # under admit_max_load (measured 0.29 per real-time stream on 2 CPU cores, balanced mode, at
-    # shed_max_stretch 3: docs/operations.md "Load"); 0: trust the measure alone.
-    new_stream_cost: float = 0.3
+    # What a stream started in the last LOAD_WINDOW_S (10 s) is expected to add to the utilisation, until
+    # the measure shows it: a burst of starts is admitted only while these add up under admit_max_load.
+    # 0.4 admits two at once on an idle pod: on 2 CPU cores three shedding streams already pass 2 s of p95
+    # lag (docs/benchmarks.md, "Bursts of starts"); 0: trust the measure alone.
+    new_stream_cost: float = 0.4
     call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
     #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
 
