@@ -347,6 +347,8 @@ REFUSED = [
      "the first request must carry a StreamConfig"),
     ("two-configs", _then_hang(_cfg(), _audio(SILENCE_1S), _cfg()), Code.INVALID_ARGUMENT,
      "only the first request may carry a StreamConfig; send AudioChunk after it"),
+    ("empty-request-after-config", _then_hang(_cfg(), _audio(SILENCE_1S), pb.TranslateRequest()), Code.INVALID_ARGUMENT,
+     "a TranslateRequest after the StreamConfig carried nothing; each must carry an AudioChunk"),
     ("no-config-ever", _then_hang(), Code.DEADLINE_EXCEEDED, f"no StreamConfig for {IDLE_S} s (server.idle_timeout_s)"),
     # languages
     ("unknown-source", _just(_cfg(source="xx")), Code.INVALID_ARGUMENT, "source_language 'xx' is not supported; use one of"),

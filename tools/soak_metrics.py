@@ -202,8 +202,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     churn: list[dict] = []
     finals: list = []
+    # the long stream must outlive the soak: server.max_session_s (1 h by default) would end it
     with tempfile.TemporaryDirectory() as tmp, \
-            relais_serve(args.models_dir or default_models_dir(), Path(tmp)) as served:
+            relais_serve(args.models_dir or default_models_dir(), Path(tmp),
+                         f"max_session_s: {int(seconds) + 1800}") as served:
         prom, url = _start_prometheus(Path(tmp), served.metrics_port)
         address = f"127.0.0.1:{served.port}"
         try:
@@ -222,9 +224,15 @@ def main() -> int:
                     if getattr(event, "kind", "") == "translation_final":
                         finals.append(event)
 
-                run = threading.Thread(target=lambda: result.update(r=client.translate_audio(
-                    audio, 16000, TranslateOptions(target_language="en", source_language="fr", speed=1.0,
-                                                   return_audio=True), on_event=on_event)), daemon=True)
+                def long_stream() -> None:
+                    try:
+                        result["r"] = client.translate_audio(audio, 16000, TranslateOptions(
+                            target_language="en", source_language="fr", speed=1.0, return_audio=True),
+                            on_event=on_event)
+                    except Exception as exc:  # keep what Prometheus saw: report the failure, do not lose the run
+                        result["error"] = repr(exc)
+
+                run = threading.Thread(target=long_stream, daemon=True)
                 run.start()
                 run.join()
             stop.set()
@@ -236,7 +244,7 @@ def main() -> int:
         finally:
             prom.terminate()
             prom.wait(10)
-    summary = result["r"].summary
+    summary = result["r"].summary if "r" in result else None
     # the long stream's clock starts with its first sample, a moment after `start`: close enough at minute scale
     long_lags = _long_stream_lags(finals, start)
     warm = [(t, v) for t, v in series["rss_mb"] if t >= warm_s]
@@ -252,7 +260,8 @@ def main() -> int:
         "churn_pause_s": args.churn_pause_s, "cancel_every": args.cancel_every, "warmup_min": args.warmup_min,
         "server_summary": {"mean_output_lag_s": summary.mean_output_lag_s, "max_output_lag_s": summary.max_output_lag_s,
                            "real_time_factor": summary.real_time_factor, "audio_in_s": summary.audio_in_s,
-                           "audio_out_s": summary.audio_out_s, "degraded_fraction": summary.degraded_fraction},
+                           "audio_out_s": summary.audio_out_s, "degraded_fraction": summary.degraded_fraction}
+        if summary else {"error": result.get("error")},
         "lag_p95_first_5min_median_s": _median_between(lag, warm_s, warm_s + 300) if lag else None,
         "lag_p95_last_5min_median_s": _median_between(lag, seconds - 300, seconds + 60) if lag else None,
         "lag_p95_slope_s_per_min": (_slope([p for p in lag if p[0] >= warm_s]) or 0.0) * 60 if lag else None,

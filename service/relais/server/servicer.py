@@ -58,8 +58,12 @@ class SpeechTranslatorServicer(pb_grpc.SpeechTranslatorServicer):
 
 async def _audio_of(requests: AsyncIterator[pb.TranslateRequest]) -> AsyncIterator[bytes]:
     async for request in requests:
-        if request.WhichOneof("request") != "audio":
+        kind = request.WhichOneof("request")
+        if kind == "config":
             raise InvalidRequest("only the first request may carry a StreamConfig; send AudioChunk after it")
+        if kind != "audio":
+            raise InvalidRequest("a TranslateRequest after the StreamConfig carried nothing; each must carry an "
+                                 "AudioChunk")
         yield request.audio.data
 
 
