@@ -101,7 +101,7 @@ class _Cancelled(Exception):
     """Raised from a short stream's event callback: the client cancels its stream halfway."""
 
 
-def _long_stream_lags(events: list, start: float) -> list[tuple[float, float]]:
+def _long_stream_lags(events: list) -> list[tuple[float, float]]:
     """(seconds since the soak started, lag) per final translation of the long stream."""
     return [(e.arrival.arrival_s, e.arrival.arrival_s - e.source_end_s) for e in events]
 
@@ -246,7 +246,7 @@ def main() -> int:
             prom.wait(10)
     summary = result["r"].summary if "r" in result else None
     # the long stream's clock starts with its first sample, a moment after `start`: close enough at minute scale
-    long_lags = _long_stream_lags(finals, start)
+    long_lags = _long_stream_lags(finals)
     warm = [(t, v) for t, v in series["rss_mb"] if t >= warm_s]
     lag = series["output_lag_p95_s"]
     steady = [(t, v) for t, v in long_lags if t >= warm_s]
