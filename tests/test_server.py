@@ -86,6 +86,21 @@ def test_config_rules_are_defined_once():
         assert str(from_config.value) == str(from_runtime.value)
 
 
+
+def test_cpu_memory_arena_is_off_unless_configured(tmp_path):
+    """ONNX Runtime's CPU arena never gives memory back, so a long stream's RSS crept up with it;
+    the sessions are created without it unless runtime.cpu_mem_arena turns it back on."""
+    from test_faults import _tiny_add_model
+
+    from relais.runtime.ort import create_session
+
+    model = _tiny_add_model(tmp_path / "tiny_add.onnx")
+    for env, expected in (({}, False), ({"RELAIS_RUNTIME_CPU_MEM_ARENA": "true"}, True)):
+        runtime = load_config(env={"RELAIS_RUNTIME_PROVIDERS": "cpu", **env}).runtime.runtime_config()
+        loaded = create_session(model, runtime)
+        assert loaded.session.get_session_options().enable_cpu_mem_arena is expected
+        assert loaded.session.run(None, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})[0].tolist() == [2, 2]
+
 # --- error mapping -----------------------------------------------------------------------------
 
 def _raise_for(payload: bytes):

@@ -37,6 +37,10 @@ class RuntimeConfig:
     trt_cache_dir: str = ""  # TensorRT engine + timing cache (device-specific)
     trt_fp16: bool = True
     device_id: int = 0
+    # ONNX Runtime's CPU arena keeps every block it ever grew to; with a stream's ever-changing shapes
+    # (audio length, decoder prefix) it grew ~8 MB per minute of speech for as long as we measured
+    # (docs/benchmarks.md, "Soak with churn"). Off, RSS stayed flat and throughput was unchanged.
+    cpu_mem_arena: bool = False
 
     def __post_init__(self):
         check_runtime(self.providers, self.intra_op_threads)
@@ -181,6 +185,7 @@ def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> Loaded
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if cfg.intra_op_threads:
         opts.intra_op_num_threads = cfg.intra_op_threads
+    opts.enable_cpu_mem_arena = cfg.cpu_mem_arena
     providers = [(PROVIDER_ALIASES[p], _provider_options(p, cfg)) for p in chain]
     session = ort.InferenceSession(path, opts, providers=providers)
     active = session.get_providers()[0]
