@@ -664,13 +664,10 @@ def test_a_stream_during_drain(under_attack, victim):
 # above what the shared machine's noise does to a mean (idle passes vary by about 0.3 s), well below a
 # starved stream (lag growing towards the clip's length).
 LAG_TOLERANCE_S = 1.0
-# Except beside speech sent 20x faster than real time. The server paces a fast sender to its session's own
-# speed (server.max_backlog_s), not to real time, so that stream takes all the CPU its session can use for
-# as long as its backlog lasts, and on 2 cores the victim's calls wait behind it: with a 23.4 s clip at 20x
-# the overlapping victim passes were seen at +1.5..+6.4 s over the reference (with the 8.3 s clip used
-# here, less). Known limitation, reported with issue 15 (no product rule yet for a per-stream speed cap or
-# fair scheduling): a pass overlapping that case must keep its exact text and must not starve (lag under
-# the clip's length), nothing more.
+# That holds beside speech sent 20x faster than real time too: the model scheduler serves the calls of
+# streams ahead of real time after those of real-time streams (FairSlots). Before it did, the fast stream
+# took the slot again at each of its back-to-back calls, and the victim passes beside a 23.4 s clip at 20x
+# were seen at +1.5..+6.4 s over the reference.
 
 
 def test_the_victim_was_not_harmed(victim):
@@ -683,12 +680,11 @@ def test_the_victim_was_not_harmed(victim):
     print(f"victim: reference lag {reference.mean_lag_s:.2f} s; under attack {lags} "
           f"(beside speech at 20x: {[lag for lag, b in zip(lags, beside_fast) if b]})")
     assert len(player.passes) >= 3, player.passes
-    for one, fast in zip(player.passes, beside_fast):
+    for one in player.passes:
         assert one.code == Code.OK, one
         assert one.audio_in_s == pytest.approx(reference.audio_in_s, abs=0.01)
         assert one.translation == reference.translation, (one.translation, reference.translation)
-        bound = reference.mean_lag_s + (player.clip_s if fast else LAG_TOLERANCE_S)
-        assert one.mean_lag_s <= bound, (lags, reference.mean_lag_s, beside_fast)
+        assert one.mean_lag_s <= reference.mean_lag_s + LAG_TOLERANCE_S, (lags, reference.mean_lag_s, beside_fast)
 
 
 def test_nothing_left_behind(under_attack, victim):

@@ -19,8 +19,9 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.client import TranslateClient, TranslateOptions
 from relais.pipeline.recognizer import LoadShedding
-from relais.pipeline.scheduler import LOAD_WINDOW_S, ModelScheduler
+from relais.pipeline.scheduler import LOAD_WINDOW_S, FairSlots, ModelScheduler, StreamCalls
 from relais.server.app import start_in_process
+from relais.server.report import StreamReport
 from relais.server.streams import capacity_refusal
 from relais.server.config import ServerConfig, load_config
 
@@ -63,6 +64,86 @@ def test_scheduler_utilisation_is_compute_over_slot_time_in_the_window():
     assert scheduler.utilisation(now=start + LOAD_WINDOW_S + 3.0) == pytest.approx((2.0 + 3.0) / (10 * 2))
     value = scheduler.run("test", time.sleep, 0.05).value
     assert value is None and 0 < scheduler.utilisation() <= 1.0
+
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_a_freed_slot_goes_to_the_first_waiter_in_order_never_to_a_caller_barging_in():
+    """A stream ahead of real time (a backlog sent 20x fast) waits behind real-time ones; among equals,
+    first come first served; and a caller arriving as the slot frees (the fast stream's next back-to-back
+    call) queues instead of taking it (a plain semaphore let it barge in and starve the others)."""
+    slots = FairSlots(1)
+    slots.acquire()  # held by the test
+    order: list[str] = []
+    release_me = {name: threading.Event() for name in "XYZW"}
+
+    def call(name: str, ahead_s: float) -> threading.Thread:
+        def run() -> None:
+            slots.acquire(ahead_s)
+            order.append(name)
+            release_me[name].wait(10)
+            slots.release()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    threads = [call("X", 20.0)]
+    _wait_for(lambda: slots.waiting == 1, "X to queue")
+    threads.append(call("Y", 0.0))
+    _wait_for(lambda: slots.waiting == 2, "Y to queue")
+    threads.append(call("Z", 0.0))
+    _wait_for(lambda: slots.waiting == 3, "Z to queue")
+    slots.release()  # handed to Y, the earliest of the real-time callers
+    _wait_for(lambda: order == ["Y"], "Y to run")
+    threads.append(call("W", 0.0))  # arrives while Y runs: queues behind Z, ahead of X
+    _wait_for(lambda: slots.waiting == 3, "W to queue")
+    for name in "YZW":
+        release_me[name].set()
+        _wait_for(lambda: order[-1] != name, f"the slot to pass on from {name}")
+    release_me["X"].set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["Y", "Z", "W", "X"]
+    slots.acquire()  # every slot came back
+    assert slots.waiting == 0
+
+
+def test_stream_calls_are_served_by_lead_over_real_time_then_by_when_their_step_began():
+    """Each stream's calls carry its lead over real time (the server sets it from the stream's report)
+    and when its current session call began: with all queued, the real-time streams' calls run before
+    the fast one's, and of those the step that began first goes first (its calls run back to back)."""
+    scheduler = ModelScheduler(max_concurrent_calls=1)
+    fast, late, early = StreamCalls(scheduler), StreamCalls(scheduler), StreamCalls(scheduler)
+    report = StreamReport()
+    report.arrived(0.1, wall=100.0)
+    report.audio_in_s = 30.0
+    fast.ahead_of_real_time = lambda: report.ahead_of_real_time_s(now=102.0)
+    assert fast.ahead_of_real_time() == pytest.approx(28.0)
+    report.audio_in_s = 2.9  # within REAL_TIME_SLACK_S of real time: counts as real time
+    assert report.ahead_of_real_time_s(now=102.0) == 0.0
+    report.audio_in_s = 30.0
+    early.begin()
+    late.begin()
+    fast.begin()
+    holding, ran = threading.Event(), []
+    blocker = threading.Thread(target=scheduler.run, args=("hold", holding.wait, 10), daemon=True)
+    blocker.start()
+    _wait_for(lambda: scheduler._slots._free == 0, "the slot to be held")
+    callers = [threading.Thread(target=calls.run, args=("decoder", ran.append, name), daemon=True)
+               for calls, name in ((fast, "fast"), (late, "late"), (early, "early"))]
+    for n, caller in enumerate(callers, start=1):
+        caller.start()
+        _wait_for(lambda: scheduler._slots.waiting == n, "the call to queue")
+    holding.set()
+    for thread in (blocker, *callers):
+        thread.join(10)
+    assert ran == ["early", "late", "fast"]
 
 
 def test_capacity_is_full_only_when_the_scheduler_is_busy_and_streams_cannot_shed_more():

@@ -7,11 +7,20 @@ call already uses every core, so running several at once only oversubscribes the
 and times each call for the stage metrics (``observer``, given when the scheduler is
 built) and each wait for a slot (``wait_observer``: how long calls queue behind others). It is the single seam where cross-stream batching (stack the decoder steps of
 several streams into one call) will be added.
+
+A freed slot is handed to a waiting call, never to a caller that arrives as it frees: a plain
+semaphore let a stream with a backlog (audio sent 20x faster than real time) take the slot
+again at each of its back-to-back calls while real-time streams waited (``FairSlots``). The
+waiting call served first is that of a stream not ahead of real time over one that is, then
+that of the session call (a stream's push of audio) that began first, so one step's calls
+(VAD, encoder, decoder, voice) run back to back rather than interleaved with later steps'.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +43,39 @@ class Timed(Generic[T]):
 LOAD_WINDOW_S = 10.0  # utilisation is measured over the calls that ended in this window
 
 
+class FairSlots:
+    """``n`` slots. A call that finds one free and nobody waiting takes it; otherwise it queues,
+    and each release hands the slot straight to the first waiter in (``ahead_s``, ``began``,
+    arrival) order, so no caller can barge in between a release and the waiter it wakes."""
+
+    def __init__(self, n: int):
+        self._free = n
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[float, float, int, threading.Event]] = []  # heap: order, then wake-up
+        self._arrivals = itertools.count()
+
+    def acquire(self, ahead_s: float = 0.0, began: float | None = None) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            granted = threading.Event()
+            began = time.monotonic() if began is None else began
+            heapq.heappush(self._waiting, (ahead_s, began, next(self._arrivals), granted))
+        granted.wait()  # the releaser handed its slot over: _free was not incremented
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                heapq.heappop(self._waiting)[-1].set()
+            else:
+                self._free += 1
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+
 class ModelScheduler:
     def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None,
                  wait_observer: StageObserver | None = None, call_timeout_s: float = 0.0):
@@ -41,17 +83,21 @@ class ModelScheduler:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
         self.max_concurrent_calls = max_concurrent_calls
         self.call_timeout_s = call_timeout_s  # > 0: ONNX Runtime runs past it are terminated (CallGuard)
-        self._slots = threading.BoundedSemaphore(max_concurrent_calls)
+        self._slots = FairSlots(max_concurrent_calls)
         self._observer = observer
         self._wait_observer = wait_observer
         self._lock = threading.Lock()
         self._calls: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
         self._created = time.monotonic()
 
-    def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> Timed[T]:
-        """Run ``fn`` when a slot is free."""
+    def run(self, stage: str, fn: Callable[..., T], *args, ahead_s: float = 0.0, began: float | None = None,
+            **kwargs) -> Timed[T]:
+        """Run ``fn`` when a slot is free. With calls waiting, the order is: ``ahead_s`` (how far the
+        calling stream's audio is ahead of real time), then ``began`` (when the session call this one
+        belongs to began, time.monotonic(); default now), then arrival."""
         asked = time.perf_counter()
-        with self._slots:
+        self._slots.acquire(ahead_s, began)
+        try:
             start = time.perf_counter()
             if self._wait_observer is not None:
                 self._wait_observer(stage, start - asked)
@@ -71,6 +117,8 @@ class ModelScheduler:
                 self._record(seconds)
                 if self._observer is not None:
                     self._observer(stage, seconds)
+        finally:
+            self._slots.release()
         return Timed(value, seconds, start - asked)
 
     def _record(self, seconds: float) -> None:
@@ -100,9 +148,17 @@ class StreamCalls:
         self._spent: dict[str, float] = {}
         self.waited_s = 0.0  # queued for a slot, all this stream's calls so far
         self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
+        # how far the stream's audio is ahead of real time (set by the server; ModelScheduler.run)
+        self.ahead_of_real_time: Callable[[], float] | None = None
+        self._began: float | None = None  # when the session call now running began (begin())
+
+    def begin(self) -> None:
+        """A session call (push of audio, end of stream) begins: its model calls queue as of now."""
+        self._began = time.monotonic()
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
-        timed = self._scheduler.run(stage, fn, *args, **kwargs)
+        ahead_s = self.ahead_of_real_time() if self.ahead_of_real_time is not None else 0.0
+        timed = self._scheduler.run(stage, fn, *args, ahead_s=ahead_s, began=self._began, **kwargs)
         self._spent[stage] = self._spent.get(stage, 0.0) + timed.seconds
         self.waited_s += timed.waited
         now = time.monotonic()

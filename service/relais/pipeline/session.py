@@ -44,6 +44,7 @@ class StreamingSession:
         """Feed audio; return what it completed."""
         if self._finished:
             raise ValueError("audio after the end of the stream")
+        self.calls.begin()
         events: list[PipelineEvent] = []
         for window in self.calls.run("vad", self.vad.windows, self.vad_state, audio):
             recognised = self.recognizer.step(self.recognizer_state, window)
@@ -58,6 +59,7 @@ class StreamingSession:
         if self._finished:
             return []
         self._finished = True
+        self.calls.begin()
         tail = self.calls.run("vad", self.vad.flush_window, self.vad_state)
         events = self._recognised(self.recognizer.flush(self.recognizer_state, tail))
         if self.speaker is not None:

@@ -67,6 +67,9 @@ class StreamSummary:
         return max(self.output_lags_s, default=0.0)
 
 
+REAL_TIME_SLACK_S = 1.0  # audio this far ahead of real time still counts as sent in real time
+
+
 @dataclass
 class _Utterance:
     start_s: float  # source time of its speech onset
@@ -109,6 +112,16 @@ class StreamReport:
 
     def since_start(self, wall: float) -> float:
         return wall - (self.first_audio_wall or wall)
+
+    def ahead_of_real_time_s(self, now: float | None = None) -> float:
+        """Seconds of audio given to the session beyond real time since the stream's first sample
+        (the model scheduler serves such a stream after those that are not); 0 for a stream sent
+        in real time, however far behind its output is, and for one less than REAL_TIME_SLACK_S ahead
+        (a real-time client may send a whole chunk at its start)."""
+        if self.first_audio_wall is None:
+            return 0.0
+        ahead = self.audio_in_s - ((time.monotonic() if now is None else now) - self.first_audio_wall)
+        return ahead if ahead > REAL_TIME_SLACK_S else 0.0
 
     # -- output -----------------------------------------------------------------------------------
     def observe(self, events: list[PipelineEvent], now: float) -> None:

@@ -255,6 +255,7 @@ class StreamHost:
         ticket.heard_at = time.monotonic()  # opening the session was our time, not the client's silence
         reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue, ticket))
         self.metrics.live.add(report)
+        session.calls.ahead_of_real_time = report.ahead_of_real_time_s  # real-time streams' calls go first
         try:
             ended, taken = False, 0
             while not ended:
