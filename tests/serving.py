@@ -43,16 +43,18 @@ class Served:
 
 
 @contextlib.contextmanager
-def relais_serve(models_dir: Path, workdir: Path, server_yaml: str = "", ready_s: float = 180.0) -> Iterator[Served]:
-    """Start `relais serve` on free loopback ports with ``server_yaml`` added to the server section;
-    yield once health reports SERVING; kill it at the end if it is still running."""
+def relais_serve(models_dir: Path, workdir: Path, server_yaml: str = "", ready_s: float = 180.0,
+                 env: dict[str, str] | None = None) -> Iterator[Served]:
+    """Start `relais serve` on free loopback ports with ``server_yaml`` added to the server section
+    (and ``env`` added to its environment); yield once health reports SERVING; kill it at the end if
+    it is still running."""
     port, metrics_port = free_port(), free_port()
     config = workdir / "relais.yaml"
     config.write_text(f"server:\n  host: 127.0.0.1\n  port: {port}\n  metrics_port: {metrics_port}\n"
                       + "".join(f"  {line}\n" for line in server_yaml.splitlines() if line.strip())
                       + "runtime:\n  providers: [cpu]\n")
     log = workdir / "serve.log"
-    env = {**os.environ, "RELAIS_MODELS_DIR": str(models_dir), "RELAIS_MODELS_PRECISION": "auto"}
+    env = {**os.environ, "RELAIS_MODELS_DIR": str(models_dir), "RELAIS_MODELS_PRECISION": "auto", **(env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen([*relais_argv(), "serve", "--config", str(config)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -54,8 +53,6 @@ def _parse_config(text: str) -> tuple[str, dict[str, str]]:
 
 def run_one(env: dict[str, str], audio: np.ndarray, models_dir: Path, every_s: float) -> dict:
     """One server with ``env``: RSS samples (wall s, speech min received back, MB) over one long stream."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     reached = [0.0]  # source seconds the translations have reached
 
     def follow(event) -> None:
@@ -63,32 +60,26 @@ def run_one(env: dict[str, str], audio: np.ndarray, models_dir: Path, every_s: f
         if end:
             reached[0] = max(reached[0], end)
 
-    try:
-        with tempfile.TemporaryDirectory() as work, relais_serve(models_dir, Path(work), "max_session_s: 100000") as served:
-            samples: list[tuple[float, float, float]] = []
-            stop = threading.Event()
-            began = time.monotonic()
+    with tempfile.TemporaryDirectory() as work, relais_serve(models_dir, Path(work), "max_session_s: 100000",
+                                                             env=env) as served:
+        samples: list[tuple[float, float, float]] = []
+        stop = threading.Event()
+        began = time.monotonic()
 
-            def sample() -> None:
-                while not stop.wait(every_s):
-                    samples.append((time.monotonic() - began, reached[0] / 60, _rss_mb(served.proc.pid)))
+        def sample() -> None:
+            while not stop.wait(every_s):
+                samples.append((time.monotonic() - began, reached[0] / 60, _rss_mb(served.proc.pid)))
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            with TranslateClient(f"127.0.0.1:{served.port}") as client:
-                result = client.translate_audio(audio, 16000, TranslateOptions(
-                    target_language="en", source_language="fr", speed=0), on_event=follow)
-            wall_s = time.monotonic() - began
-            stop.set()
-            sampler.join()
-            return {"samples": samples, "wall_s": wall_s, "words": len(result.translation.split()),
-                    "rss_mb_end": _rss_mb(served.proc.pid)}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with TranslateClient(f"127.0.0.1:{served.port}") as client:
+            result = client.translate_audio(audio, 16000, TranslateOptions(
+                target_language="en", source_language="fr", speed=0), on_event=follow)
+        wall_s = time.monotonic() - began
+        stop.set()
+        sampler.join()
+        return {"samples": samples, "wall_s": wall_s, "words": len(result.translation.split()),
+                "rss_mb_end": _rss_mb(served.proc.pid)}
 
 
 def summarise(run: dict, audio_min: float, warmup_min: float) -> dict:

@@ -38,8 +38,8 @@ class RuntimeConfig:
     trt_fp16: bool = True
     device_id: int = 0
     # ONNX Runtime's CPU arena keeps every block it ever grew to; with a stream's ever-changing shapes
-    # (audio length, decoder prefix) it grew ~8 MB per minute of speech for as long as we measured
-    # (docs/benchmarks.md, "Soak with churn"). Off, RSS stayed flat and throughput was unchanged.
+    # (audio length, decoder prefix) it held 100-190 MB more and grew up to 6-8 MB per minute of speech
+    # (docs/benchmarks.md, "Memory growth of one long stream"); off, throughput was within noise.
     cpu_mem_arena: bool = False
 
     def __post_init__(self):
