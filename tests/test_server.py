@@ -57,6 +57,7 @@ def test_config_defaults_file_then_env(tmp_path):
     ("", {"RELAIS_SERVER_WORKERS": "2"}, r"environment: unknown key\(s\) \['server.workers'\]"),
     ("", {"RELAIS_RUNTIME_PROVIDERS": "gpu"}, r"runtime.providers: unknown provider\(s\) \['gpu'\]"),
     ("models:\n  precision: fp8\n", {}, "models.precision: must be one of"),
+    ("", {"RELAIS_RUNTIME_HEAP_TRIM_S": "-1"}, r"runtime.heap_trim_s: must be >= 0 seconds \(0 = off\), got -1.0"),
 ])
 def test_config_errors_name_the_key(tmp_path, yaml_text, env, message):
     path = tmp_path / "relais.yaml"
@@ -100,6 +101,40 @@ def test_cpu_memory_arena_is_off_unless_configured(tmp_path):
         loaded = create_session(model, runtime)
         assert loaded.session.get_session_options().enable_cpu_mem_arena is expected
         assert loaded.session.run(None, {"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})[0].tolist() == [2, 2]
+
+
+def test_heap_trim_gives_freed_pages_back():
+    """200 MB of small C blocks freed under a live one stay resident (glibc only returns the top of
+    its heap); the server's trimmer hands them back to the OS."""
+    import ctypes
+    import ctypes.util
+
+    from relais.runtime.heap import heap_trimmer
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+    size = 64 * 1024  # under glibc's mmap threshold: these come from the heap
+    blocks = [libc.malloc(size) for _ in range(3200)]
+    pin = libc.malloc(size)  # a live block above them, so free() alone cannot shrink the heap
+    for block in (*blocks, pin):
+        libc.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
+    held = rss_mb()
+    trim = heap_trimmer()
+    assert trim is not None  # Linux with glibc, as in the image
+    assert trim() >= 0
+    released = held - rss_mb()
+    libc.free(pin)
+    assert released > 150, f"only {released:.0f} MB of ~200 MB freed went back to the OS"
+
 
 # --- error mapping -----------------------------------------------------------------------------
 
@@ -296,7 +331,8 @@ def test_real_session_events_map_to_responses(model_set, engine, clip):
     f32_44k = pb.AudioFormat(encoding=pb.PCM_F32LE, sample_rate_hz=44100)
 
     async def main():
-        server = build_server(_server_config(model_set), engine=engine)
+        config = _server_config(model_set).replace(runtime={"heap_trim_s": 0.5})
+        server = build_server(config, engine=engine)
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -360,6 +396,7 @@ def test_real_session_events_map_to_responses(model_set, engine, clip):
     assert no_audio[-1].summary.translation.strip() and no_audio[-1].summary.audio_out_s == 0
 
     assert 'relais_sessions_total{outcome="ok"} 3.0' in text and "relais_sessions_active 0.0" in text
+    assert _metric(text, "relais_heap_trim_seconds_count") >= 1  # runtime.heap_trim_s ran while streams did
     assert _metric(text, 'relais_audio_seconds_total{direction="in"}') == pytest.approx(3 * utt.duration_s, abs=0.05)
 
 

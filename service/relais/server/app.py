@@ -17,6 +17,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -24,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from relais.pipeline.engine import TranslationEngine
+from relais.runtime.heap import heap_trimmer
 from relais.server.auth import TokenStore
 from relais.server.config import ServerConfig, ServerSection, load_config
 from relais.server.interceptor import ErrorMappingInterceptor
@@ -62,6 +64,7 @@ class RelaisServer:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._force_stop: asyncio.Event | None = None
+        self._heap_trim: asyncio.Task | None = None
 
     @property
     def engine(self) -> TranslationEngine | None:
@@ -126,6 +129,21 @@ class RelaisServer:
             for name in self._health_names:
                 await self._health.set(name, _SERVING)
             log.info("SERVING on port %d (models ready in %.1f s)", self.port, load_s)
+            trimmer = heap_trimmer() if self.config.runtime.heap_trim_s > 0 else None
+            if trimmer is not None:
+                self._heap_trim = asyncio.create_task(self._trim_heap(trimmer, self.config.runtime.heap_trim_s))
+
+    async def _trim_heap(self, trim: Callable[[], float], every_s: float) -> None:
+        """Every ``every_s`` while streams run (and once after the last one ends), give the C heap's
+        free pages back: without it the server's RSS climbs in steps to its high-water mark and stays
+        there (docs/operations.md, "Memory")."""
+        loop = asyncio.get_running_loop()
+        busy = False
+        while True:
+            await asyncio.sleep(every_s)
+            was_busy, busy = busy, self.gate.active > 0
+            if busy or was_busy:
+                self.metrics.heap_trim_seconds.observe(await loop.run_in_executor(None, trim))
 
     def _load_engine(self) -> tuple[TranslationEngine, float]:
         started = time.monotonic()
@@ -144,6 +162,9 @@ class RelaisServer:
         grace = self.config.server.drain_grace_s if grace is None else grace
         self.gate.phase = "draining"
         self.metrics.serving.set(0)
+        if self._heap_trim is not None:
+            self._heap_trim.cancel()
+            self._heap_trim = None
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:

@@ -4,7 +4,7 @@
                send_timeout_s, max_backlog_s, max_message_mb, keepalive_time_s, keepalive_timeout_s,
                keepalive_min_client_ping_s, drain_grace_s, worker_threads, metrics_created_series}
     models:   {dir, precision}
-    runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena}
+    runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, heap_trim_s}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
     load:     {shed_wait_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s}
@@ -102,9 +102,12 @@ class RuntimeSection:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     trt_cache_dir: str = ""
     cpu_mem_arena: bool = False  # ONNX Runtime's CPU arena: faster to grow, never gives memory back
+    heap_trim_s: float = 10.0  # while streams run, give the C heap's free pages back to the OS this often
+    #                            (glibc malloc_trim; relais.runtime.heap); 0: never
 
     def validate(self) -> None:
         check_runtime(self.providers, self.intra_op_threads)  # the rules live with RuntimeConfig
+        _check(self.heap_trim_s >= 0, "runtime.heap_trim_s", "must be >= 0 seconds (0 = off)", self.heap_trim_s)
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(providers=tuple(self.providers), intra_op_threads=self.intra_op_threads,

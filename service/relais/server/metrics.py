@@ -97,6 +97,9 @@ class RelaisMetrics:
                                            ["direction"], registry=r)
         self.errors_total = Counter("relais_errors_total", "RPCs that ended with an error, by gRPC status code",
                                     ["code"], registry=r)
+        self.heap_trim_seconds = Histogram(
+            "relais_heap_trim_seconds", "Duration of one give-back of the C heap's free pages to the OS "
+            "(runtime.heap_trim_s)", buckets=_STAGE_BUCKETS_S, registry=r)
         self.model_load_seconds = Gauge("relais_model_load_seconds", "Seconds spent loading and warming the models",
                                         registry=r)
         self.execution_provider_info = Gauge("relais_execution_provider_info",
