@@ -363,6 +363,9 @@ def test_real_session_events_map_to_responses(model_set, engine, clip):
                for r in full if r.HasField("text") or r.HasField("audio")]
     walls = [e.wall_s for e in emitted]
     assert walls == sorted(walls) and walls[0] >= 0
+    # committed text is sent before its speech is synthesised, not with it
+    first_audio = next(r for r in full if r.HasField("audio"))
+    assert finals[0].emitted.wall_s < first_audio.audio.emitted.wall_s
     received = [e.source_received_s for e in emitted]
     assert received == sorted(received) and received[-1] <= utt.duration_s + 0.01
     assert all(0 <= t.source_span.start_s <= t.source_span.end_s <= utt.duration_s + 0.01 for t in finals)

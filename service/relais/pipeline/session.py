@@ -15,6 +15,8 @@ the hypothesis grid do not depend on chunking, the committed text is the same fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from relais.pipeline.events import ComputeSpent, PipelineEvent
@@ -22,6 +24,9 @@ from relais.pipeline.recognizer import Recognizer
 from relais.pipeline.scheduler import StreamCalls
 from relais.pipeline.speaker import Speaker
 from relais.runtime.vad import SileroVad
+
+
+Emit = Callable[[list[PipelineEvent]], None]  # called from the session's worker thread
 
 
 class StreamingSession:
@@ -40,8 +45,10 @@ class StreamingSession:
         shedding = self.recognizer.settings.shedding
         return shedding is not None and self.recognizer_state.stretch >= shedding.max_stretch - 1e-9
 
-    def push_audio(self, audio: np.ndarray) -> list[PipelineEvent]:
-        """Feed audio; return what it completed."""
+    def push_audio(self, audio: np.ndarray, emit: Emit | None = None) -> list[PipelineEvent]:
+        """Feed audio; return what it completed. With ``emit``, the events so far are handed to it as
+        soon as text is recognised, before that text is synthesised: the listener reads it while
+        the voice is still being computed. The order of all events is the same either way."""
         if self._finished:
             raise ValueError("audio after the end of the stream")
         self.calls.begin()
@@ -49,27 +56,35 @@ class StreamingSession:
         for window in self.calls.run("vad", self.vad.windows, self.vad_state, audio):
             recognised = self.recognizer.step(self.recognizer_state, window)
             if recognised or self.speaker is None:
-                events += self._recognised(recognised)
+                events = self._recognised(events, recognised, emit)
             else:  # nothing new: words still waiting are spoken if playback is about to fall silent
                 events += self.speaker.tick(self.speaker_state, window.end_sample / self.sample_rate_hz)
         return self._with_compute(events)
 
-    def finish(self) -> list[PipelineEvent]:
-        """End of speech: close the open utterance and speak everything committed."""
+    def finish(self, emit: Emit | None = None) -> list[PipelineEvent]:
+        """End of speech: close the open utterance and speak everything committed (``emit``: as in
+        :meth:`push_audio`)."""
         if self._finished:
             return []
         self._finished = True
         self.calls.begin()
         tail = self.calls.run("vad", self.vad.flush_window, self.vad_state)
-        events = self._recognised(self.recognizer.flush(self.recognizer_state, tail))
+        events = self._recognised([], self.recognizer.flush(self.recognizer_state, tail), emit)
         if self.speaker is not None:
             events += self.speaker.flush(self.speaker_state, tail.end_sample / self.sample_rate_hz)
         return self._with_compute(events)
 
-    def _recognised(self, events: list[PipelineEvent]) -> list[PipelineEvent]:
-        if self.speaker is None or not events:
-            return events
-        return events + self.speaker.step(self.speaker_state, events)
+    def _recognised(self, events: list[PipelineEvent], recognised: list[PipelineEvent],
+                    emit: Emit | None) -> list[PipelineEvent]:
+        """``events`` followed by ``recognised`` and their speech (what is still to be returned)."""
+        if self.speaker is None or not recognised:
+            return events + recognised
+        if emit is not None:
+            emit(events + recognised)
+            events = []
+        else:
+            events = events + recognised
+        return events + self.speaker.step(self.speaker_state, recognised)
 
     def _with_compute(self, events: list[PipelineEvent]) -> list[PipelineEvent]:
         spent = self.calls.take_spent()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -292,8 +293,32 @@ class StreamHost:
             self.metrics.live.discard(report)
 
     async def _call(self, fn, args: tuple, report: StreamReport, send: Send) -> None:
-        """Run one session call in the worker pool and send what it produced."""
-        events = await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        """Run one session call in the worker pool and send what it produced: committed text as soon
+        as the call hands it over (``emit``), before its speech is synthesised, then the rest."""
+        loop = asyncio.get_running_loop()
+        early: asyncio.Queue[list] = asyncio.Queue()
+
+        def emit(events: list) -> None:  # the worker thread: hand over to the loop, in order
+            loop.call_soon_threadsafe(early.put_nowait, events)
+
+        job = loop.run_in_executor(self.pool, functools.partial(fn, *args, emit=emit))
+        taking: asyncio.Future | None = None
+        try:
+            while not job.done():
+                taking = asyncio.ensure_future(early.get())
+                await asyncio.wait((job, taking), return_when=asyncio.FIRST_COMPLETED)
+                if not taking.done():
+                    break
+                events, taking = taking.result(), None
+                await self._send_events(events, report, send)
+        finally:
+            if taking is not None:
+                taking.cancel()
+        while not early.empty():  # handed over just before the call returned
+            await self._send_events(early.get_nowait(), report, send)
+        await self._send_events(await job, report, send)
+
+    async def _send_events(self, events: list, report: StreamReport, send: Send) -> None:
         now = time.monotonic()
         report.observe(events, now)
         for event in events:
