@@ -149,7 +149,7 @@ def test_results_write_every_section(tmp_path):
     assert diff["difference"] == pytest.approx(diff["bleu_a"]) and "excludes_zero" in diff
     assert set(data["offline"]) == set(reference["offline"]) and data["offline"]["summary"]["bleu"] == 10.0
     assert set(data["concurrency"][0]) - set(reference["concurrency"][0]) == {"bleu", "degraded_fraction",
-                                                                              "bleu_single"}
+                                                                              "bleu_single", "decoder_batch_mean"}
     assert set(data["concurrency"][0]) >= set(reference["concurrency"][0]) and data["max_concurrency_under_bound"] == 1
     assert data["memory"]["samples"] == [[0.0, 400.0], [60.0, 460.0]] and data["memory"]["rss_slope_mb_per_min"] == 60
     text = markdown(results)
@@ -160,3 +160,21 @@ def test_results_write_every_section(tmp_path):
     assert "400 -> 460 MB" in text
     assert {p.name for p in tmp_path.glob("*.png")} == {"latency_per_utterance.png", "memory_over_time.png",
                                                         "lag_vs_concurrency.png"}
+
+
+def test_labelled_mean_is_the_mean_of_one_labelled_series_between_two_scrapes():
+    """The concurrency sweep's streams per decoder call: (sum, count) deltas of relais_batch_size{stage="decoder"},
+    other labels ignored, None when nothing was observed in between."""
+    from relais.eval.prometheus import labelled_mean
+    from relais.server.metrics import RelaisMetrics
+
+    metrics = RelaisMetrics()
+    metrics.observe_batch("decoder", 1)
+    before = metrics.exposition().decode()
+    for size in (3, 2, 4):
+        metrics.observe_batch("decoder", size)
+    metrics.observe_batch("tts", 8)  # another stage: not counted
+    after = metrics.exposition().decode()
+    assert labelled_mean(before, after, "relais_batch_size", stage="decoder") == 3.0
+    assert labelled_mean(None, before, "relais_batch_size", stage="decoder") == 1.0
+    assert labelled_mean(after, after, "relais_batch_size", stage="decoder") is None

@@ -146,6 +146,127 @@ def test_stream_calls_are_served_by_lead_over_real_time_then_by_when_their_step_
     assert ran == ["early", "late", "fast"]
 
 
+def _hold_the_slot(scheduler: ModelScheduler, release: threading.Event) -> threading.Thread:
+    """A call that keeps the scheduler's one slot until ``release`` is set (returns once it holds it)."""
+    holding = threading.Event()
+
+    def hold():
+        holding.set()
+        release.wait(5)
+
+    thread = threading.Thread(target=scheduler.run, args=("tts", hold))
+    thread.start()
+    assert holding.wait(5)
+    return thread
+
+
+def _queue_batched(scheduler: ModelScheduler, fn, items, results: dict) -> list[threading.Thread]:
+    def call(item):
+        try:
+            results[item] = scheduler.run_batched("decoder", fn, item)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what each caller got
+            results[item] = exc
+
+    threads = [threading.Thread(target=call, args=(item,)) for item in items]
+    for thread in threads:
+        thread.start()
+        deadline = time.monotonic() + 5
+        while sum(len(q) for q in scheduler._queued.values()) < threads.index(thread) + 1 \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return threads
+
+
+def test_batched_calls_queued_together_run_as_one_and_each_caller_gets_its_own_result():
+    sizes, batches = [], []
+    scheduler = ModelScheduler(1, max_batch=3, batch_observer=lambda stage, size: sizes.append((stage, size)))
+
+    def square(items):
+        batches.append(list(items))
+        return [i * i for i in items]
+
+    release, results = threading.Event(), {}
+    holder = _hold_the_slot(scheduler, release)
+    threads = _queue_batched(scheduler, square, [1, 2, 3, 4, 5], results)
+    release.set()
+    for thread in (holder, *threads):
+        thread.join(5)
+    # queued behind the busy slot: the first three in one call, then the other two in the next
+    assert batches == [[1, 2, 3], [4, 5]] and sizes == [("decoder", 3), ("decoder", 2)]
+    assert {item: timed.value for item, timed in results.items()} == {1: 1, 2: 4, 3: 9, 4: 16, 5: 25}
+    assert all(timed.waited > 0 for timed in results.values())
+    # alone, a call is a batch of one at once
+    assert scheduler.run_batched("decoder", square, 7).value == 49 and batches[-1] == [7]
+
+
+def test_a_decode_waits_behind_the_encoder_passes_already_queued_so_their_decodes_join_its_batch():
+    """Stream A's decode arrives while stream B's encoder pass waits: B's pass runs first, even
+    though A's step began earlier, and both decodes then share one call."""
+    scheduler, order, batches = ModelScheduler(1, max_batch=4), [], []
+
+    def decode(items):
+        batches.append(sorted(items))
+        return items
+
+    def stream_b():
+        scheduler.run("encoder", lambda: order.append("encode B"), began=time.monotonic())
+        scheduler.run_batched("decoder", decode, "B", began=time.monotonic())
+
+    release = threading.Event()
+    holder = _hold_the_slot(scheduler, release)
+    b = threading.Thread(target=stream_b)
+    b.start()
+    while scheduler._slots.waiting < 1:
+        time.sleep(0.001)
+    a = threading.Thread(target=scheduler.run_batched, args=("decoder", decode, "A"),
+                         kwargs={"began": time.monotonic() - 1.0})  # A's step began before B's
+    a.start()
+    while scheduler._slots.waiting < 2:
+        time.sleep(0.001)
+    release.set()
+    for thread in (holder, a, b):
+        thread.join(5)
+    assert order == ["encode B"] and batches == [["A", "B"]]
+
+
+def test_a_failing_batch_is_rerun_one_by_one_so_only_the_bad_request_fails():
+    calls = []
+    scheduler = ModelScheduler(1, max_batch=4)
+
+    def picky(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("cannot decode 'bad'")
+        return [item.upper() for item in items]
+
+    release, results = threading.Event(), {}
+    holder = _hold_the_slot(scheduler, release)
+    threads = _queue_batched(scheduler, picky, ["a", "bad", "c"], results)
+    release.set()
+    for thread in (holder, *threads):
+        thread.join(5)
+    assert calls == [["a", "bad", "c"], ["a"], ["bad"], ["c"]]
+    assert results["a"].value == "A" and results["c"].value == "C"
+    assert isinstance(results["bad"], ValueError) and "cannot decode 'bad'" in str(results["bad"])
+    assert not scheduler._queued["decoder", picky] and not scheduler._leading  # nothing left behind
+
+
+def test_batching_off_or_an_old_export_means_one_request_per_call():
+    scheduler = ModelScheduler(1, max_batch=1)
+    batches = []
+    release, results = threading.Event(), {}
+    holder = _hold_the_slot(scheduler, release)
+    threads = _queue_batched(scheduler, lambda items: batches.append(list(items)) or list(items), [1, 2, 3], results)
+    release.set()
+    for thread in (holder, *threads):
+        thread.join(5)
+    assert batches == [[1], [2], [3]]
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        ModelScheduler(1, max_batch=0)
+    with pytest.raises(ValueError, match=r"load.max_batch: must be within 1..64 \(1 = no batching\), got 0"):
+        load_config(env={"RELAIS_LOAD_MAX_BATCH": "0"})
+
+
 def test_capacity_is_full_only_when_the_scheduler_is_busy_and_streams_cannot_shed_more():
     # shedding on: a busy scheduler still admits while streams can decide less often
     assert capacity_refusal(1.0, 2, 0.9, shedding=True, exhausted=0) is None
@@ -310,3 +431,25 @@ def test_a_burst_of_real_time_streams_is_admitted_only_as_far_as_their_expected_
                 assert _words(result.translation) & CLIPS[utt], (utt, result.translation)
         assert _metric(handle, 'relais_sessions_total{outcome="rejected"}') == 2
         assert _metric(handle, "relais_sessions_active") == 0
+
+
+def test_streams_decoded_together_share_decoder_calls_and_translate_as_alone(model_set):
+    """Three clips sent at once as fast as possible (shedding and admission off, so each stream's
+    decode grid depends on its audio alone): their queued decodes share decoder calls (the batch
+    size histogram shows calls of more than one stream), and every stream's text is the text it
+    gets on its own. fp32: int8's activation rounding can flip near-ties between a row in a batch and
+    alone (tests/test_whisper_export.py)."""
+    config = _config(model_set, shed_wait_s=0, admit_max_load=0, max_batch=4).replace(
+        models={"dir": str(model_set.root), "precision": "fp32"})
+    with start_in_process(config) as handle:
+        address = handle.address
+        alone = {utt: _translate(address, utt).translation for utt in CLIPS}
+        barrier = threading.Barrier(len(CLIPS))
+        with futures.ThreadPoolExecutor(len(CLIPS)) as pool:
+            together = dict(zip(CLIPS, pool.map(lambda u: _translate(address, u, barrier).translation, CLIPS)))
+        calls = _metric(handle, 'relais_batch_size_count{stage="decoder"}')
+        rows = _metric(handle, 'relais_batch_size_sum{stage="decoder"}')
+        shared = calls - _metric(handle, 'relais_batch_size_bucket{le="1.0",stage="decoder"}')
+    assert together == alone
+    assert all(_words(alone[utt]) & keywords for utt, keywords in CLIPS.items()), alone
+    assert shared > 0 and rows > calls, (calls, rows, shared)

@@ -98,6 +98,10 @@ def test_decoder_profile_from_metadata():
     assert p["offset"] == ShapeRange((1,), (1,), (1,)) and p["offset"].is_static
     assert p["self_k"] == p["self_v"] == ShapeRange((6, 1, 8, 0, 64), (6, 2, 8, 64, 64), (6, 8, 8, 447, 64))
     assert p["cross_k"] == p["cross_v"] == ShapeRange((6, 1, 8, 50, 64), (6, 2, 8, 1500, 64), (6, 8, 8, 1500, 64))
+    assert "cross_len" not in p  # an export from before per-row inputs
+    rows = profiles_from_metadata({"model_type": "whisper_decoder", **BASE, "rows_input": "cross_len"},
+                                  ProfileLimits(max_batch=8, opt_batch=2))
+    assert rows["offset"] == rows["cross_len"] == ShapeRange((1,), (2,), (8,))  # one per stream in the call
 
 
 def test_profiles_accept_model_facts_objects():

@@ -96,11 +96,12 @@ def test_tiny_random_hf_whisper_alignment_matches_transformers_cross_attention(t
     prompt = [facts["sot"], facts["lang_ids"]["fr"], facts["transcribe"], facts["no_timestamps"]]
     empty = np.zeros((2, 1, 4, 0, 16), np.float32)
     first = _run(decoder, tokens=np.array([prompt], np.int64), offset=np.array([0], np.int64),
-                 self_k=empty, self_v=empty, cross_k=cross["cross_k"], cross_v=cross["cross_v"])
+                 self_k=empty, self_v=empty, cross_k=cross["cross_k"], cross_v=cross["cross_v"],
+                 cross_len=np.array([1500], np.int64))
     token = int(np.argmax(first["logits"][0]))
     second = _run(decoder, tokens=np.array([[token]], np.int64), offset=np.array([len(prompt)], np.int64),
                   self_k=first["new_self_k"], self_v=first["new_self_v"],
-                  cross_k=cross["cross_k"], cross_v=cross["cross_v"])
+                  cross_k=cross["cross_k"], cross_v=cross["cross_v"], cross_len=np.array([1500], np.int64))
     assert first["alignment"].shape == (1, len(prompt), 1500) and second["alignment"].shape == (1, 1, 1500)
 
     # transformers' eager attention exposes the softmax weights: [batch, heads, queries, frames] per layer.
@@ -138,8 +139,41 @@ def test_tiny_random_alignment_survives_fp16_and_int8(tmp_path):
         cross = _run(encoder, mel=features)
         alignment[precision] = _run(decoder, tokens=np.array([[50258, 50265, 50359, 50363]], np.int64),
                                     offset=np.array([0], np.int64), self_k=empty, self_v=empty,
-                                    cross_k=cross["cross_k"], cross_v=cross["cross_v"])["alignment"]
+                                    cross_k=cross["cross_k"], cross_v=cross["cross_v"],
+                                    cross_len=np.array([1500], np.int64))["alignment"]
     for precision in ("fp16", "int8"):  # measured: 2.5e-4 (fp16), 5.7e-3 (int8) on peaks of ~0.1
         assert alignment[precision].dtype == np.float32
         assert np.abs(alignment[precision] - alignment["fp32"]).max() < 0.02, precision
         assert (alignment[precision].argmax(-1) == alignment["fp32"].argmax(-1)).all(), precision
+
+
+# -- rows of several streams in one decoder call (cross-stream batching) -------------------------
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_tiny_random_batched_rows_decode_as_alone(tmp_path, precision):
+    """Decodes of different audio lengths and prompt lengths share each decoder call (padded, masked)
+    and give every row the tokens, log-probs and attention peaks it gets alone."""
+    from relais.runtime.whisper import GreedyRequest
+
+    ckpt = load_hf_checkpoint(make_tiny_random_whisper(tmp_path / "hf", 80, cross_gain=50))
+    export_whisper(ckpt, tmp_path / "onnx", precisions=(precision,))
+    model = WhisperModel(tmp_path / "onnx", precision)
+    assert model.batches_rows
+    clips = load_manifest("fr_en_dev")
+    requests = []
+    for i, (seconds, previous, committed) in enumerate([(1.3, None, []), (3.1, [440, 1000, 2000], [503]),
+                                                        (2.2, None, [1029, 293, 262, 318]), (0.7, [7000], [])]):
+        audio = load_audio(clips[i].path)[: int(seconds * 16000)]
+        enc = model.encode(audio, pad_to_s=seconds + 0.5)  # as a stream does: a few frames past the audio
+        prompt = model.prompt("translate", "fr", previous=previous) + committed
+        requests.append(GreedyRequest(enc, prompt, max_new_tokens=8 + 3 * i, stop_on_repeat=False,
+                                      at_start=not committed, history=committed,
+                                      stop_frame=None if i % 2 else model.audio_frames(enc) - 20))
+    assert len({r.enc.cross_k.shape[3] for r in requests}) == 4 and len({len(r.prompt) for r in requests}) == 4
+    alone = [model.greedy_batch([r]) [0] for r in requests]
+    together = model.greedy_batch(requests)
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+    assert {len(r.tokens) for r in alone} != {1}  # rows end at different steps: they leave the call
+    assert [r.peaks for r in together] == [r.peaks for r in alone]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)

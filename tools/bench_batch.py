@@ -10,6 +10,11 @@ is the best case for cross-stream batching (no padding): the gain shown is an up
 - decoder: one cached step (one new token per row) after a --context-tokens prompt, over
   B rows of encoded audio: steps/s and tokens/s.
 
+Then what the scheduler really runs (``WhisperModel.greedy_batch``): whole greedy decodes of
+B different fr_en_dev clips (their first 1.5-6 s, each with its own audio length, as
+streams' hypotheses have), alone one after another vs B rows sharing each decoder call
+(padded and masked), with a check that every row gets the tokens it gets alone.
+
     python tools/bench_batch.py --runs 7 --out docs/benchmarks/batching-cpu.md
 """
 
@@ -27,7 +32,7 @@ from relais.audio.files import load_audio_16k
 from relais.eval.data import default_eval_dir, read_manifest
 from relais.eval.machine import machine
 from relais.models.manifest import default_models_dir
-from relais.runtime.whisper import WhisperModel
+from relais.runtime.whisper import GreedyRequest, WhisperModel
 
 BATCHES = (1, 2, 4, 8)
 
@@ -62,6 +67,27 @@ def bench_whisper(model: WhisperModel, audio: np.ndarray, context_tokens: int, r
     return rows
 
 
+def bench_greedy_rows(model: WhisperModel, clips: list[np.ndarray], runs: int) -> list[dict]:
+    """Greedy decodes of different clips: alone in turn vs B per batch; same tokens required."""
+    requests = []
+    for i, audio in enumerate(clips):
+        audio = audio[: int((1.5 + 0.5 * (i % 10)) * 16000)]  # 1.5..6 s: rows differ in length
+        enc = model.encode(audio, len(audio) / model.sample_rate_hz + 1.0)
+        requests.append(GreedyRequest(enc, model.prompt("translate", "fr")))
+    alone = [model.greedy_batch([r])[0] for r in requests]
+    tokens = sum(len(r.tokens) + 1 for r in alone)  # + the end-of-text step
+    alone_s = _median_s(lambda: [model.greedy_batch([r]) for r in requests], runs)
+    rows = []
+    for b in BATCHES:
+        groups = [requests[i:i + b] for i in range(0, len(requests), b)]
+        together = [r for group in groups for r in model.greedy_batch(group)]
+        same = sum(t.tokens == a.tokens for t, a in zip(together, alone))
+        batched_s = _median_s(lambda: [model.greedy_batch(group) for group in groups], runs)
+        rows.append({"batch": b, "decodes": len(requests), "tokens": tokens, "seconds": batched_s,
+                     "tokens_per_s": tokens / batched_s, "gain": alone_s / batched_s, "same_tokens": same})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models-dir", type=Path, default=None)
@@ -69,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio-s", type=float, default=5.0, help="seconds of speech per encoder row")
     p.add_argument("--context-tokens", type=int, default=40, help="prompt + committed tokens before the step")
     p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--decodes", type=int, default=16, help="greedy decodes of different clips (batched B at a time)")
     p.add_argument("--out", type=Path, help="write a markdown table here")
     args = p.parse_args(argv)
     models = args.models_dir or default_models_dir()
@@ -89,6 +116,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['audio_s_per_s']:.1f} | {r['encoder_calls_per_s'] / base['encoder_calls_per_s']:.2f}x | "
                      f"{r['decoder_step_s'] * 1000:.1f} | {r['tokens_per_s']:.0f} | "
                      f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+    clips = [load_audio_16k(u.path) for u in read_manifest(eval_dir / "fr_en_dev" / "manifest.tsv")]
+    greedy = bench_greedy_rows(model, (clips * 2)[: args.decodes], args.runs)
+    lines += ["", f"Whole greedy decodes (`WhisperModel.greedy_batch`) of {args.decodes} different fr_en_dev clips "
+              f"(their first 1.5-6 s, translate fr -> en, so rows differ in audio length and in when they end), "
+              f"B at a time; median of {args.runs} passes over all of them. Batch 1 is each decode alone.", "",
+              "| batch | pass (s) | tokens/s | gain | rows with the tokens they get alone |", "|---|---|---|---|---|"]
+    for r in greedy:
+        lines.append(f"| {r['batch']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['gain']:.2f}x | "
+                     f"{r['same_tokens']} of {r['decodes']} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

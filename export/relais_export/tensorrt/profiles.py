@@ -111,12 +111,16 @@ def profiles_from_metadata(facts: ModelFacts | Mapping[str, Any],
 
     self_kv = ShapeRange(kv(b_min, 0), kv(b_opt, min(limits.opt_past_tokens, max_past)), kv(b_max, max_past))
     cross_kv = ShapeRange(kv(b_min, cross_min), kv(b_opt, cross_opt), kv(b_max, cross_max))
-    return {
+    shapes = {
         "tokens": ShapeRange((b_min, 1), (b_opt, 1), (b_max, n["n_text_ctx"])),
         "offset": ShapeRange((1,), (1,), (1,)),
         "self_k": self_kv, "self_v": self_kv,
         "cross_k": cross_kv, "cross_v": cross_kv,
     }
+    if facts.get("rows_input"):  # rows of several streams in one call: per-row offset and audio length
+        rows = ShapeRange((1,), (b_opt,), (b_max,))
+        shapes.update(offset=rows, cross_len=rows)
+    return shapes
 
 
 def _shape_arg(profiles: Mapping[str, ShapeRange], which: str) -> str:

@@ -110,6 +110,9 @@ def whisper_facts(ckpt: WhisperCheckpoint) -> dict:
         "alignment_heads": alignment_heads(ckpt),
         # The decoder's fourth output; its absence marks an export older than AlignAtt.
         "alignment_output": "alignment",
+        # The decoder's per-row input; its absence marks an export whose rows must share one offset
+        # and one audio length (no cross-stream batching).
+        "rows_input": "cross_len",
         "source_sha256": ckpt.source_sha256,
         "provenance": ckpt.provenance,
     }
@@ -137,12 +140,12 @@ def _export_fp32(ckpt: WhisperCheckpoint, out_dir: Path) -> tuple[Path, Path]:
         tokens = torch.tensor([[1, 2]], dtype=torch.int64)
         past = torch.zeros(layers, 1, heads, 3, head_dim)
         torch.onnx.export(
-            decoder, (tokens, torch.tensor([3]), past, past, cross_k, cross_v), str(dec_path),
-            dynamo=False, opset_version=OPSET,
-            input_names=["tokens", "offset", "self_k", "self_v", "cross_k", "cross_v"],
+            decoder, (tokens, torch.tensor([3]), past, past, cross_k, cross_v, torch.tensor([cross_k.shape[3]])),
+            str(dec_path), dynamo=False, opset_version=OPSET,
+            input_names=["tokens", "offset", "self_k", "self_v", "cross_k", "cross_v", "cross_len"],
             output_names=["logits", "new_self_k", "new_self_v", "alignment"],
             dynamic_axes={
-                "tokens": {0: "batch", 1: "n"},
+                "tokens": {0: "batch", 1: "n"}, "offset": {0: "rows"}, "cross_len": {0: "rows"},
                 "self_k": {1: "batch", 3: "past"}, "self_v": {1: "batch", 3: "past"},
                 "cross_k": {1: "batch", 3: "audio_ctx"}, "cross_v": {1: "batch", 3: "audio_ctx"},
                 "logits": {0: "batch"},

@@ -6,12 +6,19 @@ their forward pass, so the graphs have exactly the interface the service needs:
 * encoder: ``mel`` [batch, n_mels, frames] (frames variable, <= 3000) ->
   ``cross_k``, ``cross_v`` [decoder_layers, batch, heads, frames/2, head_dim]
   (the cross-attention keys/values of every decoder layer, computed once).
-* decoder: ``tokens`` [batch, n], ``offset`` [1] (position of tokens[:, 0]),
-  ``self_k``/``self_v`` [layers, batch, heads, past, head_dim], ``cross_k``/``cross_v``
-  -> ``logits`` [batch, vocab] of the last position, ``new_self_k``/``new_self_v``
-  with ``past + n`` positions, and ``alignment`` [batch, n, audio_ctx]: each query
-  position's cross-attention weights over the encoder frames, averaged over the
-  alignment heads (the heads whose attention tracks the spoken audio; AlignAtt uses it).
+* decoder: ``tokens`` [batch, n], ``offset`` [batch] (per row, the position of
+  tokens[row, 0]; [1] is broadcast), ``self_k``/``self_v`` [layers, batch, heads, past,
+  head_dim], ``cross_k``/``cross_v``, ``cross_len`` [batch] (per row, the encoder frames
+  that hold its audio; [1] is broadcast) -> ``logits`` [batch, vocab] of the last position,
+  ``new_self_k``/``new_self_v`` with ``past + n`` positions (the new ones at the end), and
+  ``alignment`` [batch, n, audio_ctx]: each query position's cross-attention weights over
+  the encoder frames, averaged over the alignment heads (the heads whose attention tracks
+  the spoken audio; AlignAtt uses it).
+
+Rows of different streams share one decoder call (cross-stream batching): a row's cache
+holds its ``offset`` real positions first and padding after them, and its cross K/V hold
+``cross_len`` real frames, then padding; both paddings are masked out, so each row sees
+exactly what it would see alone.
 
 Positions are looked up explicitly from ``offset`` (transformers' own decoder
 ignores explicit position ids, which breaks cached decoding after one token).
@@ -103,16 +110,22 @@ class WhisperDecoderGraph(nn.Module):
             self.alignment.setdefault(int(layer), []).append(int(head))
         self.n_alignment = len(alignment_heads)
 
-    def forward(self, tokens, offset, self_k, self_v, cross_k, cross_v):
+    def forward(self, tokens, offset, self_k, self_v, cross_k, cross_v, cross_len):
         n = tokens.shape[1]
         past = self_k.shape[3]
-        pos = offset + torch.arange(n, dtype=torch.int64)
+        rows = offset.reshape(-1, 1)  # [batch or 1, 1]
+        pos = rows + torch.arange(n, dtype=torch.int64)  # [batch or 1, n]
         x = self.embed(tokens) + self.positions[pos]
-        # Causal mask over [past + n] keys: query j sits at absolute position past + j.
-        key_pos = torch.arange(past + n, dtype=torch.int64)
-        query_pos = past + torch.arange(n, dtype=torch.int64)
-        blocked = key_pos.unsqueeze(0) > query_pos.unsqueeze(1)
-        mask = torch.zeros(blocked.shape, dtype=x.dtype).masked_fill(blocked, -1e9)
+        # Self-attention over [past + n] keys. Query j of a row sits at position offset + j: it
+        # sees the row's cached keys (index < offset; the rest of the cache is padding) and the
+        # new keys up to itself (index past..past + j).
+        key = torch.arange(past + n, dtype=torch.int64).reshape(1, 1, -1)
+        query = (past + torch.arange(n, dtype=torch.int64)).reshape(1, -1, 1)
+        seen = (key < rows.unsqueeze(2)) | ((key >= past) & (key <= query))  # [batch or 1, n, past + n]
+        mask = torch.zeros(seen.shape, dtype=x.dtype).masked_fill(~seen, -1e9).unsqueeze(1)
+        frames = torch.arange(cross_k.shape[3], dtype=torch.int64).reshape(1, -1)
+        audio = frames < cross_len.reshape(-1, 1)  # [batch or 1, audio_ctx]
+        cross_mask = torch.zeros(audio.shape, dtype=x.dtype).masked_fill(~audio, -1e9)[:, None, None, :]
         new_k, new_v, aligned = [], [], []
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
@@ -126,11 +139,11 @@ class WhisperDecoderGraph(nn.Module):
             cross = layer.encoder_attn
             q = _heads(cross.q_proj(layer.encoder_attn_layer_norm(x)), self.n_heads)
             if i in self.alignment:
-                out, w = _attend(q, cross_k[i], cross_v[i], with_weights=True)
+                out, w = _attend(q, cross_k[i], cross_v[i], cross_mask, with_weights=True)
                 heads = self.alignment[i]
                 aligned.append((w if heads == list(range(self.n_heads)) else w[:, heads]).sum(dim=1))
             else:
-                out = _attend(q, cross_k[i], cross_v[i])
+                out = _attend(q, cross_k[i], cross_v[i], cross_mask)
             x = x + cross.out_proj(_merge(out))
             x = x + _ffn(layer, x)
         last = self.layer_norm(x[:, -1, :])

@@ -151,7 +151,7 @@ def run(args) -> int:
 def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | None = None) -> EvalResults:
     from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
     from relais.eval.measure import measure
-    from relais.eval.prometheus import compare
+    from relais.eval.prometheus import compare, labelled_mean
     from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
                                      streamed_vs_offline, summarise)
     from relais.eval.runner import MemorySampler, options_for, scrape, start_server, stream_all
@@ -190,7 +190,8 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
             single = summarise([f for f in main_figs or figs if f.id in ran], 0, args.target)
             levels_out.append(ConcurrencyLevel(n, len(figs), failed, s.lag_p50_s, s.lag_p95_s, s.rtf,
                                                s.client_wall_rtf, s.start_offset_s, batch.wall_s,
-                                               s.quality.bleu, s.degraded_fraction, single.quality.bleu))
+                                               s.quality.bleu, s.degraded_fraction, single.quality.bleu,
+                                               labelled_mean(before, after, "relais_batch_size", stage="decoder")))
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
                 lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []

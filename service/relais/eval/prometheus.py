@@ -48,6 +48,29 @@ class Histogram:
         return lower_le
 
 
+def labelled_mean(before: str | None, after: str | None, name: str, **labels: str) -> float | None:
+    """Mean of the observations a labelled histogram (``name`` with exactly ``labels``) got between
+    two scrapes, e.g. the decoder's batch size during one concurrency level; None without any."""
+    if not after:
+        return None
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def totals(text: str | None) -> tuple[float, float]:
+        found = {"_sum": 0.0, "_count": 0.0}
+        for family in text_string_to_metric_families(text or ""):
+            if family.name != name:
+                continue
+            for s in family.samples:
+                suffix = s.name[len(name):]
+                if suffix in found and s.labels == labels:
+                    found[suffix] = s.value
+        return found["_sum"], found["_count"]
+
+    (sum_after, count_after), (sum_before, count_before) = totals(after), totals(before)
+    count = count_after - count_before
+    return (sum_after - sum_before) / count if count > 0 else None
+
+
 def parse_histograms(text: str | None) -> dict[str, Histogram]:
     if not text:
         return {}

@@ -68,12 +68,13 @@ def markdown(results: EvalResults) -> str:
         lines += ["", f"Concurrency (lag bound {results.lag_bound_s} s on p95; largest N within it: "
                       f"**{_f(results.max_concurrency_under_bound)}**)", "",
                   "| N | lag p50 (s) | lag p95 (s) | BLEU (same clips at N=1) | decisions skipped | RTF | "
-                  "wall/source per stream | StartOffset (s) | failed or refused |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "wall/source per stream | StartOffset (s) | streams per decoder call | failed or refused |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for lv in results.concurrency:
             lines.append(f"| {lv.concurrency} | {_f(lv.lag_p50_s)} | {_f(lv.lag_p95_s)} | {_f(lv.bleu, 1)} "
                          f"({_f(lv.bleu_single, 1)}) | {_f(lv.degraded_fraction)} | {_f(lv.rtf)} | "
-                         f"{_f(lv.client_wall_rtf)} | {_f(lv.start_offset_s)} | {lv.n_failed} |")
+                         f"{_f(lv.client_wall_rtf)} | {_f(lv.start_offset_s)} | {_f(lv.decoder_batch_mean)} | "
+                         f"{lv.n_failed} |")
     mem = results.memory
     if mem is not None:
         lines += ["", f"Server RSS ({meta.memory_source}): {_f(mem.rss_start_mb, 0)} -> "

@@ -127,6 +127,7 @@ class ConcurrencyLevel:
     bleu: float | None = None  # over the streams that ran (refused ones are n_failed)
     degraded_fraction: float | None = None  # mean share of decisions skipped under load
     bleu_single: float | None = None  # the first level's BLEU on the same utterances (what `bleu` compares to)
+    decoder_batch_mean: float | None = None  # streams per decoder call on the server (relais_batch_size)
 
 
 def max_concurrency_under(levels: list[ConcurrencyLevel], bound_s: float) -> int | None:

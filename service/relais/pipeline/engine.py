@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,10 @@ class EngineConfig:
     context_tokens: int = 48  # committed tokens of earlier utterances used as prompt
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
     call_timeout_s: float = 30.0  # a model call running longer is terminated, ending its stream (0: no bound)
+    # Greedy decodes of different streams that queue at the same time share decoder calls, up to this
+    # many (1: never); max_batch_wait_s > 0 holds a decode that long for others to join.
+    max_batch: int = 4
+    max_batch_wait_s: float = 0.0
     # Streams whose model calls queue decide less often (None: always on the profile's grid).
     load_shedding: LoadShedding | None = field(default_factory=LoadShedding)
     # Changes applied on top of every latency profile (benchmarks and experiments):
@@ -115,6 +120,9 @@ class EngineConfig:
         check_precision(self.precision, key="models.precision")
         for profile in LATENCY_PROFILES.values():
             profile.with_overrides(self.latency_overrides)  # fail at start, not per stream
+        if self.max_batch < 1 or self.max_batch_wait_s < 0:
+            raise ValueError(f"load.max_batch must be >= 1 (1 = off) and load.max_batch_wait_s >= 0, got "
+                             f"{self.max_batch} and {self.max_batch_wait_s}")
         if not 2.0 <= self.max_utterance_s <= 28.0:
             raise ValueError(f"max_utterance_s must be within 2..28 s (Whisper sees 30 s), got {self.max_utterance_s}")
 
@@ -249,12 +257,19 @@ class TranslationEngine:
         raise InvalidRequest(f"no voice speaks {language!r}; available: "
                              f"{', '.join(f'{n} ({i.language})' for n, i in sorted(self.voice_info.items()))}")
 
-    def new_scheduler(self, observer: StageObserver | None = None,
-                      wait_observer: StageObserver | None = None) -> ModelScheduler:
+    def new_scheduler(self, observer: StageObserver | None = None, wait_observer: StageObserver | None = None,
+                      batch_observer: Callable[[str, int], None] | None = None) -> ModelScheduler:
         """The scheduler every stream of one server shares (``observer`` gets each call's stage and compute
-        seconds, ``wait_observer`` its stage and seconds queued for a slot)."""
+        seconds, ``wait_observer`` its stage and seconds queued for a slot, ``batch_observer`` the stage and
+        size of each batched call). An export from before per-row decoder inputs cannot batch streams."""
+        max_batch = self.config.max_batch
+        if max_batch > 1 and not self.whisper.batches_rows:
+            log.warning("%s predates per-row decoder inputs: streams are decoded one at a time; re-run "
+                        "`relais models prepare` to batch them", self.whisper.model_dir)
+            max_batch = 1
         return ModelScheduler(self.config.max_concurrent_calls, observer=observer, wait_observer=wait_observer,
-                              call_timeout_s=self.config.call_timeout_s)
+                              call_timeout_s=self.config.call_timeout_s, max_batch=max_batch,
+                              max_wait_s=self.config.max_batch_wait_s, batch_observer=batch_observer)
 
     def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
         """A stream's stages over the shared models, calling them through ``scheduler``."""

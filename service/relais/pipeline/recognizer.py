@@ -25,7 +25,7 @@ from relais.pipeline.events import (LanguageDetected, PipelineEvent, SpeechOnset
 from relais.pipeline.policy import PolicyState, SimultaneousPolicy
 from relais.pipeline.scheduler import StreamCalls
 from relais.runtime.vad import VadEvent, VadWindow
-from relais.runtime.whisper import DecodeResult, WhisperModel
+from relais.runtime.whisper import DecodeResult, GreedyRequest, WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,8 @@ class Recognizer:
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
                                   self.settings.final_beam_size, at_start=not committed, history=committed)
         stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
-        return self.calls.run("decoder", self.whisper.greedy, enc, prompt + committed,
-                              at_start=not committed, history=committed, stop_frame=stop)
+        request = GreedyRequest(enc, prompt + committed, at_start=not committed, history=committed, stop_frame=stop)
+        return self.calls.run_batched("decoder", self.whisper.greedy_batch, request)  # with other streams
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []

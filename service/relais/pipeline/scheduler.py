@@ -5,8 +5,15 @@ Stages never call a model directly: they hand the call to the server's
 ``max_concurrent_calls`` model calls at a time (1 by default: on CPU each ONNX Runtime
 call already uses every core, so running several at once only oversubscribes them)
 and times each call for the stage metrics (``observer``, given when the scheduler is
-built) and each wait for a slot (``wait_observer``: how long calls queue behind others). It is the single seam where cross-stream batching (stack the decoder steps of
-several streams into one call) will be added.
+built) and each wait for a slot (``wait_observer``: how long calls queue behind others).
+
+Cross-stream batching (``run_batched``): calls of one kind (the Whisper decodes) that queue
+at the same time run as one call over all of them, up to ``max_batch``: the first to queue
+leads, waits for a slot (and up to ``max_wait_s`` for the batch to fill), takes every
+request of its kind queued by then and hands each its own result. The leader waits behind
+the calls already queued when it arrived (not in its step's place), so on a busy server the
+other streams' encoder passes run first and their decodes join the same batch. A batch
+that raises is run again one request at a time, so one stream's fault stays its own.
 
 A freed slot is handed to a waiting call, never to a caller that arrives as it frees: a plain
 semaphore let a stream with a backlog (audio sent 20x faster than real time) take the slot
@@ -21,6 +28,7 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +36,8 @@ from typing import Callable, Generic, TypeVar
 
 from relais.errors import ModelCallTimeout
 from relais.runtime.ort import CallGuard
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 StageObserver = Callable[[str, float], None]
@@ -76,12 +86,38 @@ class FairSlots:
         return len(self._waiting)
 
 
+@dataclass
+class _Queued:
+    """One request of :meth:`ModelScheduler.run_batched`, waiting for its batch."""
+
+    item: object
+    ahead_s: float
+    began: float | None
+    asked: float  # time.perf_counter() when queued
+    queued_at: float  # time.monotonic() when queued
+    ready: threading.Event
+    lead: bool = False  # woken to lead the next batch rather than with a result
+    value: object = None
+    error: BaseException | None = None
+    seconds: float = 0.0
+    waited: float = 0.0
+
+
 class ModelScheduler:
     def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None,
-                 wait_observer: StageObserver | None = None, call_timeout_s: float = 0.0):
+                 wait_observer: StageObserver | None = None, call_timeout_s: float = 0.0,
+                 max_batch: int = 1, max_wait_s: float = 0.0,
+                 batch_observer: Callable[[str, int], None] | None = None):
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
+        if max_batch < 1 or max_wait_s < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch} and {max_wait_s}")
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._batch_observer = batch_observer
+        self._queued: dict[object, list[_Queued]] = {}  # per kind of batched call: requests not yet taken
+        self._leading: set[object] = set()  # kinds whose next batch has a leader
+        self._queue_changed = threading.Condition(threading.Lock())
         self.call_timeout_s = call_timeout_s  # > 0: ONNX Runtime runs past it are terminated (CallGuard)
         self._slots = FairSlots(max_concurrent_calls)
         self._observer = observer
@@ -101,25 +137,110 @@ class ModelScheduler:
             start = time.perf_counter()
             if self._wait_observer is not None:
                 self._wait_observer(stage, start - asked)
-            try:
-                with CallGuard(self.call_timeout_s) as guard:
-                    try:
-                        value = fn(*args, **kwargs)
-                    except Exception as exc:
-                        if guard.expired:
-                            raise ModelCallTimeout(
-                                f"a model call ({stage}) ran past load.call_timeout_s={self.call_timeout_s:g} s "
-                                f"and was stopped; the server is overloaded or a model is stuck: retry, and tell "
-                                f"the operator if it repeats") from exc
-                        raise
-            finally:
-                seconds = time.perf_counter() - start
-                self._record(seconds)
-                if self._observer is not None:
-                    self._observer(stage, seconds)
+            value = self._call(stage, fn, *args, **kwargs)
+            seconds = time.perf_counter() - start
         finally:
             self._slots.release()
         return Timed(value, seconds, start - asked)
+
+    def run_batched(self, stage: str, fn: Callable[[list], list[T]], item, *, ahead_s: float = 0.0,
+                    began: float | None = None) -> Timed[T]:
+        """``fn([item, ...])[i]`` for this ``item``, computed in one call with the requests of the same
+        ``stage`` and ``fn`` queued meanwhile (at most ``max_batch``). ``seconds`` is this item's share
+        of the call's compute; the order against other calls is :meth:`run`'s."""
+        kind = (stage, fn)
+        me = _Queued(item, ahead_s, began, time.perf_counter(), time.monotonic(), threading.Event())
+        with self._queue_changed:
+            queue = self._queued.setdefault(kind, [])
+            queue.append(me)
+            me.lead = kind not in self._leading
+            if me.lead:
+                self._leading.add(kind)
+            self._queue_changed.notify_all()
+        if not me.lead:
+            me.ready.wait()  # a leader ran us, or made us the next leader
+        if me.lead:
+            self._lead(stage, fn, kind, me)
+        if me.error is not None:
+            raise me.error
+        return Timed(me.value, me.seconds, me.waited)
+
+    def _lead(self, stage: str, fn: Callable[[list], list], kind: object, me: _Queued) -> None:
+        if self.max_wait_s > 0:  # let the batch fill
+            deadline = time.monotonic() + self.max_wait_s
+            with self._queue_changed:
+                while len(self._queued[kind]) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._queue_changed.wait(left)
+        batch: list[_Queued] = [me]
+        finished = False
+        # A batch leader queues for the slot as of when it queued, not as of when its step began: calls
+        # already waiting then (other streams' encoder passes) go first, and their decodes join its batch.
+        self._slots.acquire(me.ahead_s, me.queued_at if self.max_batch > 1 else me.began)
+        try:
+            with self._queue_changed:
+                queue = self._queued[kind]
+                batch, self._queued[kind] = queue[: self.max_batch], queue[self.max_batch:]
+                if self._queued[kind]:  # the rest get a leader of their own, next in line for a slot
+                    self._queued[kind][0].lead = True
+                    self._queued[kind][0].ready.set()
+                else:
+                    self._leading.discard(kind)
+            start = time.perf_counter()
+            for queued in batch:
+                queued.waited = start - queued.asked
+                if self._wait_observer is not None:
+                    self._wait_observer(stage, queued.waited)
+            if self._batch_observer is not None:
+                self._batch_observer(stage, len(batch))
+            try:
+                values = self._call(stage, fn, [q.item for q in batch])
+            except Exception as exc:
+                if len(batch) == 1 or isinstance(exc, ModelCallTimeout):  # a stuck model: no second wait
+                    for queued in batch:
+                        queued.error = exc
+                else:  # whose request failed? each alone (still holding the slot) finds out
+                    log.warning("a batch of %d %s calls failed (%s); running them one by one", len(batch), stage,
+                                type(exc).__name__)
+                    for queued in batch:
+                        try:
+                            queued.value = self._call(stage, fn, [queued.item])[0]
+                        except Exception as single:
+                            queued.error = single
+                values = None
+            seconds = (time.perf_counter() - start) / len(batch)
+            for i, queued in enumerate(batch):
+                if values is not None:
+                    queued.value = values[i]
+                queued.seconds = seconds
+            finished = True
+        finally:
+            self._slots.release()
+            for queued in batch:  # whatever happened, nobody is left waiting
+                if not finished and queued.error is None:
+                    queued.error = RuntimeError(f"the batched {stage} call did not finish")
+                queued.lead = False
+                if queued is not me:
+                    queued.ready.set()
+
+    def _call(self, stage: str, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` under the call timeout, timed for the stage metrics and the utilisation."""
+        start = time.perf_counter()
+        try:
+            with CallGuard(self.call_timeout_s) as guard:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    if guard.expired:
+                        raise ModelCallTimeout(
+                            f"a model call ({stage}) ran past load.call_timeout_s={self.call_timeout_s:g} s "
+                            f"and was stopped; the server is overloaded or a model is stuck: retry, and tell "
+                            f"the operator if it repeats") from exc
+                    raise
+        finally:
+            seconds = time.perf_counter() - start
+            self._record(seconds)
+            if self._observer is not None:
+                self._observer(stage, seconds)
 
     def _record(self, seconds: float) -> None:
         now = time.monotonic()
@@ -158,7 +279,10 @@ class StreamCalls:
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
         ahead_s = self.ahead_of_real_time() if self.ahead_of_real_time is not None else 0.0
-        timed = self._scheduler.run(stage, fn, *args, ahead_s=ahead_s, began=self._began, **kwargs)
+        return self._account(stage, self._scheduler.run(stage, fn, *args, ahead_s=ahead_s, began=self._began,
+                                                        **kwargs))
+
+    def _account(self, stage: str, timed: Timed[T]) -> T:
         self._spent[stage] = self._spent.get(stage, 0.0) + timed.seconds
         self.waited_s += timed.waited
         now = time.monotonic()
@@ -166,6 +290,11 @@ class StreamCalls:
         while self._recent[0][0] < now - LOAD_WINDOW_S:
             self._recent.popleft()
         return timed.value
+
+    def run_batched(self, stage: str, fn: Callable[[list], list[T]], item) -> T:
+        """:meth:`ModelScheduler.run_batched` for this stream (its share of the batch's compute)."""
+        ahead_s = self.ahead_of_real_time() if self.ahead_of_real_time is not None else 0.0
+        return self._account(stage, self._scheduler.run_batched(stage, fn, item, ahead_s=ahead_s, began=self._began))
 
     def recent_load(self, now: float | None = None) -> float:
         """This stream's share of one model slot over the last LOAD_WINDOW_S (what it adds to the

@@ -104,6 +104,31 @@ class DecoderStep:
     alignment: np.ndarray | None  # [batch, n, audio_ctx]: alignment heads' cross-attention, averaged
 
 
+@dataclass
+class GreedyRequest:
+    """The arguments of one :meth:`WhisperModel.greedy` decode (see there)."""
+
+    enc: EncodedAudio
+    prompt: list[int]
+    max_new_tokens: int | None = None
+    forced: list[int] | None = None
+    stop_on_repeat: bool = True
+    at_start: bool = True
+    history: list[int] | None = None
+    stop_frame: int | None = None
+
+
+def _stack_rows(arrays: list[np.ndarray], steps: int) -> np.ndarray:
+    """K/V arrays [layers, 1, heads, <= steps, head_dim] of several rows as one [layers, rows, heads,
+    steps, head_dim], each zero-padded after its own steps (one row: itself, no copy)."""
+    if len(arrays) == 1 and arrays[0].shape[3] == steps:
+        return arrays[0]
+    out = np.zeros((arrays[0].shape[0], len(arrays), arrays[0].shape[2], steps, arrays[0].shape[4]), arrays[0].dtype)
+    for b, a in enumerate(arrays):
+        out[:, b:b + 1, :, : a.shape[3]] = a
+    return out
+
+
 class WhisperModel:
     def __init__(self, model_dir: str | Path, precision: str = "fp32", runtime: RuntimeConfig | None = None):
         model_dir = Path(model_dir)
@@ -133,6 +158,8 @@ class WhisperModel:
         self.provider = self.decoder.provider
         # Exports since the AlignAtt policy carry the alignment heads' attention as an output.
         self.has_alignment = "alignment" in self.decoder.output_names
+        # Exports since cross-stream batching take per-row offsets and audio lengths (greedy_batch).
+        self.batches_rows = "cross_len" in self.decoder.input_names
 
     # -- prompt -----------------------------------------------------------------
     def prompt(self, task: str = "transcribe", language: str | None = None, previous: list[int] | None = None) -> list[int]:
@@ -178,14 +205,22 @@ class WhisperModel:
         shape = (self.layers, batch, self.heads, 0, self.head_dim)
         return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
 
-    def step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio) -> DecoderStep:
-        """One decoder call: ``tokens`` [batch, n] at positions ``offset``.. after the cached ``self_k/v``."""
-        outputs = self.decoder.run(None, {
-            "tokens": tokens.astype(np.int64),
-            "offset": np.array([offset], dtype=np.int64),
-            "self_k": self_k, "self_v": self_v,
-            "cross_k": enc.cross_k, "cross_v": enc.cross_v,
-        })
+    def step(self, tokens: np.ndarray, offset: int | np.ndarray, self_k, self_v, enc: EncodedAudio,
+             cross_len: np.ndarray | None = None) -> DecoderStep:
+        """One decoder call: ``tokens`` [batch, n] at positions ``offset``.. after the cached ``self_k/v``.
+        With rows of several streams (:meth:`greedy_batch`), ``offset`` [batch] gives each row's position
+        (its cache holds that many real positions, then padding) and ``cross_len`` [batch] the encoder
+        frames of ``enc`` that hold its audio."""
+        rows = np.atleast_1d(np.asarray(offset, dtype=np.int64))
+        feeds = {"tokens": tokens.astype(np.int64), "offset": rows, "self_k": self_k, "self_v": self_v,
+                 "cross_k": enc.cross_k, "cross_v": enc.cross_v}
+        if self.batches_rows:
+            feeds["cross_len"] = (np.array([enc.cross_k.shape[3]], np.int64) if cross_len is None
+                                  else np.asarray(cross_len, np.int64))
+        elif len(rows) > 1 or cross_len is not None:
+            raise ValueError(f"{self.decoder.path}: this export predates per-row decoder inputs; re-export the "
+                             f"model (relais models prepare) to batch streams")
+        outputs = self.decoder.run(None, feeds)
         named = dict(zip(self.decoder.output_names, outputs))
         return DecoderStep(named["logits"], named["new_self_k"], named["new_self_v"], named.get("alignment"))
 
@@ -207,50 +242,49 @@ class WhisperModel:
         ``stop_frame`` ends the decode (not ``ended``) STOP_LOOKAHEAD tokens after the first
         one whose peak, over the tokens so far, reaches that frame: AlignAtt commits nothing
         from there on, so decoding further would only feed the partial text."""
-        max_new = self._token_limit(enc, prompt, max_new_tokens)
-        self_k, self_v = self.empty_cache()
-        step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
-        out: list[int] = []
-        logprobs: list[float] = []
-        # Alignment rows of the committed tokens (the prompt's last positions), then one per new token.
-        rows: list[np.ndarray] = []
-        if step.alignment is not None:
-            k = min(len(history or []), len(prompt) - 1)
-            rows = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
-        committed_rows = len(rows)
-        forced = list(forced or [])
-        ended = False
-        border_at: int | None = None
-        while len(out) < max_new:
-            scores = step.logits[0].astype(np.float64)
-            scores[self.suppress] = -np.inf
-            if not out and at_start:
-                scores[self.suppress_begin] = -np.inf
-            token = forced[len(out)] if len(out) < len(forced) else int(np.argmax(scores))
-            m = scores.max()
-            logprobs.append(float(scores[token] - m - np.log(np.exp(scores - m).sum())))
-            if token == self.eot:
-                ended = True
-                break
-            out.append(token)
-            if step.alignment is not None:
-                rows.append(step.alignment[0, -1])
-                if stop_frame is not None and len(out) > len(forced) and len(rows) >= MIN_ALIGNMENT_ROWS:
-                    if border_at is None and last_peak(np.array(rows)) >= stop_frame:
-                        border_at = len(out)
-                    if border_at is not None and len(out) >= border_at + STOP_LOOKAHEAD:
-                        break
-            if stop_on_repeat and len(out) > len(forced) and (span := repeated_tail((history or []) + out)):
-                del out[-min(span, len(out)):]
-                logprobs = logprobs[: len(out)]
-                log.debug("repetition loop cut (%d tokens repeated)", span)
-                break
-            step = self.step(np.array([[token]]), len(prompt) + len(out) - 1, step.self_k, step.self_v, enc)
-        logprobs = logprobs[: len(out) + int(ended)]
-        text = self.tokenizer.decode(out).strip()
-        avg = float(np.mean(logprobs)) if logprobs else 0.0
-        peaks = attention_peaks(np.array(rows[: committed_rows + len(out)]))[committed_rows:] if rows else []
-        return DecodeResult(out, text, ended, avg, logprobs, peaks, self.audio_frames(enc))
+        request = GreedyRequest(enc, prompt, max_new_tokens, forced, stop_on_repeat, at_start, history, stop_frame)
+        return self.greedy_batch([request])[0]
+
+    def greedy_batch(self, requests: list[GreedyRequest]) -> list[DecodeResult]:
+        """:meth:`greedy` for several decodes (of different streams) at once: each prompt is run on its
+        own, then every token step of the rows still decoding is one decoder call, padded and masked
+        so that each row gets the tokens it gets alone. Needs an export with per-row inputs for more
+        than one request (``batches_rows``)."""
+        if len(requests) > 1 and not self.batches_rows:
+            raise ValueError(f"{self.decoder.path}: this export predates per-row decoder inputs; re-export the "
+                             f"model (relais models prepare) to batch streams")
+        rows = [_GreedyRow(self, r) for r in requests]
+        live = [row for row in rows if row.start()]
+        if not live:
+            return [row.result() for row in rows]
+        # One cache for the live rows: row b holds its real positions at [0, position) and padding
+        # after them (masked by the graph); cross K/V padded after each row's frames, likewise.
+        past = max(row.position for row in live)
+        frames = max(row.frames for row in live)
+        self_k = _stack_rows([row.self_k for row in live], past)
+        self_v = _stack_rows([row.self_v for row in live], past)
+        enc = EncodedAudio(_stack_rows([row.enc.cross_k for row in live], frames),
+                           _stack_rows([row.enc.cross_v for row in live], frames), 0.0)
+        while live:
+            step = self.step(np.array([[row.tokens[-1]] for row in live]),
+                             np.array([row.position for row in live], np.int64), self_k, self_v, enc,
+                             cross_len=np.array([row.frames for row in live], np.int64) if self.batches_rows else None)
+            past, self_k, self_v = self_k.shape[3], step.self_k, step.self_v
+            going = []
+            for b, row in enumerate(live):
+                if row.position < past:  # the new key went to index `past`: move it after the row's own
+                    self_k[:, b, :, row.position] = self_k[:, b, :, past]
+                    self_v[:, b, :, row.position] = self_v[:, b, :, past]
+                going.append(row.advance(step.logits[b],
+                                         None if step.alignment is None else step.alignment[b, -1, :row.frames]))
+            if not all(going):  # rows that ended leave the call
+                keep = [b for b, ok in enumerate(going) if ok]
+                live = [live[b] for b in keep]
+                past = max((row.position for row in live), default=0)  # the longest row left has no padding
+                frames = max((row.frames for row in live), default=0)
+                self_k, self_v = self_k[:, keep, :, :past], self_v[:, keep, :, :past]
+                enc = EncodedAudio(enc.cross_k[:, keep, :, :frames], enc.cross_v[:, keep, :, :frames], 0.0)
+        return [row.result() for row in rows]
 
     def beam_search(self, enc: EncodedAudio, prompt: list[int], beam_size: int = 5,
                     max_new_tokens: int | None = None, at_start: bool = True,
@@ -334,3 +368,87 @@ class WhisperModel:
         if language is None and self.multilingual:
             language, _ = self.detect_language(enc)
         return self.greedy(enc, self.prompt(task, language))
+
+
+class _GreedyRow:
+    """One greedy decode's state, advanced one decoder output at a time (alone or in a batch)."""
+
+    def __init__(self, model: WhisperModel, request: GreedyRequest):
+        self.model, self.request = model, request
+        self.enc = request.enc
+        self.frames = request.enc.cross_k.shape[3]
+        self.max_new = model._token_limit(request.enc, request.prompt, request.max_new_tokens)
+        self.forced = list(request.forced or [])
+        self.history = request.history or []
+        self.out: list[int] = []
+        self.tokens: list[int] = []  # every token fed so far
+        self.logprobs: list[float] = []
+        self.rows: list[np.ndarray] = []  # alignment rows: the committed tokens', then one per new token
+        self.committed_rows = 0
+        self.ended = False
+        self.border_at: int | None = None
+        self.position = 0  # positions in the row's cache (= the next fed token's position)
+        self.self_k = self.self_v = None  # the prompt's cache (greedy_batch carries it on)
+
+    def start(self) -> bool:
+        """Run the prompt (on its own: prompts differ in length); False if the decode is already over."""
+        model, prompt = self.model, self.request.prompt
+        self_k, self_v = model.empty_cache()
+        step = model.step(np.array([prompt]), 0, self_k, self_v, self.enc)
+        if step.alignment is not None:
+            k = min(len(self.history), len(prompt) - 1)
+            self.rows = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
+        self.committed_rows = len(self.rows)
+        self.tokens = list(prompt)
+        self.self_k, self.self_v = step.self_k, step.self_v
+        return self.advance(step.logits[0], None if step.alignment is None else step.alignment[0, -1])
+
+    def advance(self, logits: np.ndarray, alignment: np.ndarray | None) -> bool:
+        """Choose the next token from the decoder's output for this row's last token (``alignment``: that
+        query's row of the alignment heads' attention); False once the decode is over, else the token
+        is to be fed next, at ``position`` (the row's cache holds that many positions)."""
+        model, out = self.model, self.out
+        if len(out) >= self.max_new:
+            return False
+        scores = logits.astype(np.float64)
+        scores[model.suppress] = -np.inf
+        if not out and self.request.at_start:
+            scores[model.suppress_begin] = -np.inf
+        token = self.forced[len(out)] if len(out) < len(self.forced) else int(np.argmax(scores))
+        m = scores.max()
+        self.logprobs.append(float(scores[token] - m - np.log(np.exp(scores - m).sum())))
+        if token == model.eot:
+            self.ended = True
+            return False
+        out.append(token)
+        if alignment is not None:
+            self.rows.append(alignment)
+            if self._past_border():
+                return False
+        if self.request.stop_on_repeat and len(out) > len(self.forced) and \
+                (span := repeated_tail(self.history + out)):
+            del out[-min(span, len(out)):]
+            self.logprobs = self.logprobs[: len(out)]
+            log.debug("repetition loop cut (%d tokens repeated)", span)
+            return False
+        self.tokens.append(token)
+        self.position = len(self.tokens) - 1
+        return True
+
+    def _past_border(self) -> bool:
+        """AlignAtt's stop: STOP_LOOKAHEAD tokens after the first whose peak reaches ``stop_frame``."""
+        stop_frame, out = self.request.stop_frame, self.out
+        if stop_frame is None or len(out) <= len(self.forced) or len(self.rows) < MIN_ALIGNMENT_ROWS:
+            return False
+        if self.border_at is None and last_peak(np.array(self.rows)) >= stop_frame:
+            self.border_at = len(out)
+        return self.border_at is not None and len(out) >= self.border_at + STOP_LOOKAHEAD
+
+    def result(self) -> DecodeResult:
+        model, out = self.model, self.out
+        logprobs = self.logprobs[: len(out) + int(self.ended)]
+        avg = float(np.mean(logprobs)) if logprobs else 0.0
+        rows = self.rows
+        peaks = attention_peaks(np.array(rows[: self.committed_rows + len(out)]))[self.committed_rows:] if rows else []
+        return DecodeResult(out, model.tokenizer.decode(out).strip(), self.ended, avg, logprobs, peaks,
+                            model.audio_frames(self.enc))

@@ -122,7 +122,8 @@ class RelaisServer:
         self.metrics.set_execution_provider(engine.capabilities().execution_provider)
         if self.gate.phase == "warming":  # not stopped meanwhile
             self.gate.scheduler = engine.new_scheduler(observer=self.metrics.observe_stage,
-                                                       wait_observer=self.metrics.observe_scheduler_wait)
+                                                       wait_observer=self.metrics.observe_scheduler_wait,
+                                                       batch_observer=self.metrics.observe_batch)
             self.metrics.watch_scheduler(self.gate.scheduler)
             self.metrics.serving.set(1)
             self.gate.engine, self.gate.phase = engine, "serving"

@@ -7,7 +7,8 @@
     runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, heap_trim_s}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
-    load:     {shed_wait_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s}
+    load:     {shed_wait_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s, max_batch,
+               max_batch_wait_s}
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -131,6 +132,8 @@ class LoadSection:
     new_stream_cost: float = 0.4
     call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
     #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
+    max_batch: int = 4  # greedy decodes of this many streams that queue together share decoder calls; 1: off
+    max_batch_wait_s: float = 0.0  # hold a decode this long for others to join (0: only those already queued)
 
     def validate(self) -> None:
         _check(self.call_timeout_s >= 0, "load.call_timeout_s", "must be >= 0 seconds (0 = no bound)",
@@ -142,6 +145,9 @@ class LoadSection:
                self.admit_max_load)
         _check(0.0 <= self.new_stream_cost <= 1.0, "load.new_stream_cost", "must be within 0..1 (0 = off)",
                self.new_stream_cost)
+        _check(1 <= self.max_batch <= 64, "load.max_batch", "must be within 1..64 (1 = no batching)", self.max_batch)
+        _check(0.0 <= self.max_batch_wait_s <= 0.5, "load.max_batch_wait_s", "must be within 0..0.5 seconds",
+               self.max_batch_wait_s)
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,8 @@ class ServerConfig:
             if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
                             runtime=self.runtime.runtime_config(), load_shedding=shedding,
-                            call_timeout_s=load.call_timeout_s)
+                            call_timeout_s=load.call_timeout_s, max_batch=load.max_batch,
+                            max_batch_wait_s=load.max_batch_wait_s)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:

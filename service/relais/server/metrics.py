@@ -68,6 +68,9 @@ class RelaisMetrics:
                                           ["token"], registry=r)
         self.serving = Gauge("relais_serving", "1 while the server takes new streams (models warm, not draining)",
                              registry=r)
+        self.batch_size = Histogram(
+            "relais_batch_size", "Streams served by one batched model call (load.max_batch)", ["stage"],
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64), registry=r)
         self.compute_seconds_total = Counter(
             "relais_compute_seconds_total", "Model compute seconds by stage, counted as each call ends",
             ["stage"], registry=r)
@@ -113,6 +116,7 @@ class RelaisMetrics:
             self.compute_seconds_total.labels(stage=stage)
         for direction in DIRECTIONS:
             self.audio_seconds_total.labels(direction=direction)
+        self.batch_size.labels(stage="decoder")  # the one batched stage: shown from the start
         self._http = None
         self._http_thread: threading.Thread | None = None
 
@@ -122,6 +126,9 @@ class RelaisMetrics:
         """The model scheduler's observer: called from worker threads (prometheus_client is thread-safe)."""
         self.stage_latency_seconds.labels(stage=stage).observe(seconds)
         self.compute_seconds_total.labels(stage=stage).inc(seconds)
+
+    def observe_batch(self, stage: str, size: int) -> None:
+        self.batch_size.labels(stage=stage).observe(size)
 
     def observe_scheduler_wait(self, stage: str, seconds: float) -> None:
         self.scheduler_wait_seconds.labels(stage=stage).observe(seconds)
