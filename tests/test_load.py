@@ -229,6 +229,33 @@ def test_a_decode_waits_behind_the_encoder_passes_already_queued_so_their_decode
     assert order == ["encode B"] and batches == [["A", "B"]]
 
 
+def test_max_batch_wait_holds_a_decode_on_an_idle_scheduler_for_others_to_join():
+    """load.max_batch_wait_s > 0: with the slot free, the first decode waits (up to the bound) and a
+    second one arriving meanwhile shares its call; with 0 it would have run at once, alone."""
+    batches = []
+    scheduler = ModelScheduler(1, max_batch=4, max_wait_s=0.5)
+    results = {}
+
+    def decode(items):
+        batches.append(sorted(items))
+        return items
+
+    def call(item):
+        results[item] = scheduler.run_batched("decoder", decode, item)
+
+    first = threading.Thread(target=call, args=("A",))
+    first.start()
+    time.sleep(0.1)
+    second = threading.Thread(target=call, args=("B",))
+    second.start()
+    for thread in (first, second):
+        thread.join(5)
+    assert batches == [["A", "B"]] and results["A"].value == "A" and results["B"].value == "B"
+    assert results["A"].waited >= 0.1  # the leader did hold
+    with pytest.raises(ValueError, match=r"load.max_batch_wait_s: must be within 0..0.5 seconds"):
+        load_config(env={"RELAIS_LOAD_MAX_BATCH_WAIT_S": "1"})
+
+
 def test_a_failing_batch_is_rerun_one_by_one_so_only_the_bad_request_fails():
     calls = []
     scheduler = ModelScheduler(1, max_batch=4)
