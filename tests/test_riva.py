@@ -120,7 +120,11 @@ def test_speech_responses_end_each_sentence_with_an_empty_chunk_never_first():
                       _text(TextKind.TRANSLATION_FINAL, "again", 3.0), phrase])
     assert [len(r.audio) for r in out] == [3200, 3200, 0, 3200]  # 0.1 s at exactly 16 kHz, PCM16
     assert out[0].meta.text == "hello"
-    assert [len(r.audio) for r in speech.add([UtteranceEnd(2.5, 3.5, 3.5)])] == [0]
+    # text is sent before it is spoken: a batch that ends with UtteranceEnd leaves the sentence open
+    # for its last phrase, which comes in the next batch
+    assert speech.add([_text(TextKind.TRANSLATION_FINAL, "bye", 3.5), UtteranceEnd(2.5, 3.5, 3.5)]) == []
+    assert [len(r.audio) for r in speech.add([phrase])] == [3200, 0]
+    assert speech.add([UtteranceEnd(4.0, 5.0, 5.0)]) == [] and speech.add([]) == []  # nothing spoken since
 
 
 def test_riva_client_imports_beside_grpc_health():

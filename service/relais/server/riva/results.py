@@ -129,8 +129,9 @@ class SpeechResponses:
         self.utterance_ended = False
 
     def add(self, events: list[PipelineEvent]) -> list[rtts.SynthesizeSpeechResponse]:
-        """An utterance's last phrase follows its UtteranceEnd in the same batch (the speaker runs after the
-        recogniser's window): the sentence ends at the first other event after it, or with the batch."""
+        """An utterance's last phrase follows its UtteranceEnd (the speaker runs after the recogniser's
+        window), in the same batch or, as committed text is sent before it is spoken, in the next one:
+        the sentence ends at the first other event after that speech, or with a batch that has it."""
         out = []
         for event in events:
             if isinstance(event, SpeechSegment):
@@ -142,6 +143,8 @@ class SpeechResponses:
                 continue
             out += self._sentence_end()
             self.utterance_ended = isinstance(event, UtteranceEnd)
+        if events and isinstance(events[-1], UtteranceEnd):
+            return out  # its speech comes in the next batch
         return out + self._sentence_end()
 
     def _sentence_end(self) -> list[rtts.SynthesizeSpeechResponse]:
