@@ -120,9 +120,6 @@ class EngineConfig:
         check_precision(self.precision, key="models.precision")
         for profile in LATENCY_PROFILES.values():
             profile.with_overrides(self.latency_overrides)  # fail at start, not per stream
-        if self.max_batch < 1 or self.max_batch_wait_s < 0:
-            raise ValueError(f"load.max_batch must be >= 1 (1 = off) and load.max_batch_wait_s >= 0, got "
-                             f"{self.max_batch} and {self.max_batch_wait_s}")
         if not 2.0 <= self.max_utterance_s <= 28.0:
             raise ValueError(f"max_utterance_s must be within 2..28 s (Whisper sees 30 s), got {self.max_utterance_s}")
 

@@ -218,11 +218,14 @@ class WhisperModel:
             feeds["cross_len"] = (np.array([enc.cross_k.shape[3]], np.int64) if cross_len is None
                                   else np.asarray(cross_len, np.int64))
         elif len(rows) > 1 or cross_len is not None:
-            raise ValueError(f"{self.decoder.path}: this export predates per-row decoder inputs; re-export the "
-                             f"model (relais models prepare) to batch streams")
+            raise self._no_rows_error()
         outputs = self.decoder.run(None, feeds)
         named = dict(zip(self.decoder.output_names, outputs))
         return DecoderStep(named["logits"], named["new_self_k"], named["new_self_v"], named.get("alignment"))
+
+    def _no_rows_error(self) -> ValueError:
+        return ValueError(f"{self.decoder.path}: this export predates per-row decoder inputs; re-export the "
+                          f"model (relais models prepare) to batch streams")
 
     def decode_step(self, tokens: np.ndarray, offset: int, self_k, self_v, enc: EncodedAudio):
         """(logits, self_k, self_v) of :meth:`step`."""
@@ -251,8 +254,7 @@ class WhisperModel:
         so that each row gets the tokens it gets alone. Needs an export with per-row inputs for more
         than one request (``batches_rows``)."""
         if len(requests) > 1 and not self.batches_rows:
-            raise ValueError(f"{self.decoder.path}: this export predates per-row decoder inputs; re-export the "
-                             f"model (relais models prepare) to batch streams")
+            raise self._no_rows_error()
         rows = [_GreedyRow(self, r) for r in requests]
         live = [row for row in rows if row.start()]
         if not live:
