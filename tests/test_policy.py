@@ -473,6 +473,18 @@ def test_only_alignatt_without_agreement_lets_the_decoder_stop_at_the_border():
     assert LocalAgreementPolicy(n=2).stop_frame(300) is None
 
 
+def test_alignatt_is_not_ready_while_the_border_is_at_frame_zero():
+    """No hypothesis over audio no longer than the threshold can commit (every peak is >= 0), so the
+    recognizer spares its decode; one frame more and the first frame's tokens may commit."""
+    policy = AlignAttPolicy(frame_threshold=40)
+    assert not policy.ready(25) and not policy.ready(40)
+    assert policy.ready(41)
+    state = policy.new_state()
+    assert policy.step(state, [1, 2], peaks=[0, 0], audio_frames=40) == []  # what ready(40) predicts
+    assert policy.step(state, [1, 2], peaks=[0, 5], audio_frames=41) == [1]
+    assert LocalAgreementPolicy(n=2).ready(1)  # agreement may need any hypothesis
+
+
 def test_last_peak_is_the_last_row_of_attention_peaks():
     import numpy as np
 

@@ -200,7 +200,7 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
                 close(done)
                 utt = [done, done + first]
             elif done >= utt[1]:
-                result = decode(utt[0], done, final=False)
+                result = decode(utt[0], done, final=False) if policy.ready((done - utt[0]) // 320) else None
                 if result is not None:
                     policy.step(state, result.tokens, result.peaks, result.audio_frames)
                 utt[1] += step if state.committed else first

@@ -106,6 +106,10 @@ class SimultaneousPolicy(Protocol):
         """Encoder frame at which a hypothesis may stop being decoded (None: decode it whole)."""
         ...
 
+    def ready(self, audio_frames: int) -> bool:
+        """Whether a hypothesis over ``audio_frames`` could commit anything (False: spare its decode)."""
+        ...
+
 
 def longest_common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix of ``seqs`` (0 for no sequences)."""
@@ -167,6 +171,9 @@ class LocalAgreementPolicy:
     def stop_frame(self, audio_frames: int) -> int | None:
         return None  # agreement compares whole hypotheses
 
+    def ready(self, audio_frames: int) -> bool:
+        return True  # any hypothesis may agree with the next one
+
 
 @dataclass(frozen=True)
 class AlignAttPolicy:
@@ -194,6 +201,10 @@ class AlignAttPolicy:
         """Nothing from the first token at the border on is committed, so with agreement 1 its
         decode may stop there (the hybrid compares more of each hypothesis: decode it whole)."""
         return self.border_frame(audio_frames) if self.agreement == 1 else None
+
+    def ready(self, audio_frames: int) -> bool:
+        """With the border at frame 0 every token attends at or after it: nothing can be committed."""
+        return self.border_frame(audio_frames) > 0
 
     def border(self, peaks: Sequence[int], audio_frames: int, length: int) -> int:
         """Index of the first token attending within the threshold of the audio end (``length`` if none)."""

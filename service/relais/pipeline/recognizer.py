@@ -25,7 +25,7 @@ from relais.pipeline.events import (LanguageDetected, PipelineEvent, SpeechOnset
 from relais.pipeline.policy import PolicyState, SimultaneousPolicy
 from relais.pipeline.scheduler import StreamCalls
 from relais.runtime.vad import VadEvent, VadWindow
-from relais.runtime.whisper import DecodeResult, GreedyRequest, WhisperModel
+from relais.runtime.whisper import FRAMES_PER_S, DecodeResult, GreedyRequest, WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,8 @@ class Recognizer:
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []
+        if not self.policy.ready(int((end - state.utterance.start) * FRAMES_PER_S / self.rate_hz)):
+            return events  # too little audio for the policy to commit anything (AlignAtt): spare the decode
         result = self._decode(state, end, final=False, events=events)
         if result is None:
             return events
