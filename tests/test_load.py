@@ -241,7 +241,8 @@ def test_max_batch_wait_holds_a_decode_on_an_idle_scheduler_for_others_to_join()
         return items
 
     def call(item):
-        results[item] = scheduler.run_batched("decoder", decode, item)
+        start = time.monotonic()
+        results[item] = scheduler.run_batched("decoder", decode, item), time.monotonic() - start
 
     first = threading.Thread(target=call, args=("A",))
     first.start()
@@ -250,10 +251,30 @@ def test_max_batch_wait_holds_a_decode_on_an_idle_scheduler_for_others_to_join()
     second.start()
     for thread in (first, second):
         thread.join(5)
-    assert batches == [["A", "B"]] and results["A"].value == "A" and results["B"].value == "B"
-    assert results["A"].waited >= 0.1  # the leader did hold
+    assert batches == [["A", "B"]] and results["A"][0].value == "A" and results["B"][0].value == "B"
+    assert results["A"][1] >= 0.1  # the leader did hold...
+    assert results["A"][0].waited < 0.05  # ...which is not a wait for the slot (load shedding reads those)
     with pytest.raises(ValueError, match=r"load.max_batch_wait_s: must be within 0..0.5 seconds"):
         load_config(env={"RELAIS_LOAD_MAX_BATCH_WAIT_S": "1"})
+
+
+def test_a_lone_stream_never_holds_its_decode_for_a_batch():
+    """max_batch_wait_s holds a decode only while another stream decodes too (in the last
+    LOAD_WINDOW_S): a single stream's latency does not pay for batching it cannot have."""
+    scheduler = ModelScheduler(1, max_batch=4, max_wait_s=0.5)
+    alone, other = StreamCalls(scheduler), StreamCalls(scheduler)
+
+    def decode(items):
+        return items
+
+    def timed(calls, item):
+        start = time.monotonic()
+        assert calls.run_batched("decoder", decode, item) == item
+        return time.monotonic() - start
+
+    assert timed(alone, "A1") < 0.25 and timed(alone, "A2") < 0.25  # no one to wait for: runs at once
+    assert timed(other, "B1") >= 0.45  # A decoded lately: B's decode holds for A's next one
+    assert timed(alone, "A3") >= 0.45  # and now A's holds for B's
 
 
 def test_a_failing_batch_is_rerun_one_by_one_so_only_the_bad_request_fails():

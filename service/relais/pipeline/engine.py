@@ -107,9 +107,10 @@ class EngineConfig:
     max_concurrent_calls: int = 1  # model calls run at once across all streams (see scheduler.py)
     call_timeout_s: float = 30.0  # a model call running longer is terminated, ending its stream (0: no bound)
     # Greedy decodes of different streams that queue at the same time share decoder calls, up to this
-    # many (1: never); max_batch_wait_s > 0 holds a decode that long for others to join.
+    # many (1: never); max_batch_wait_s > 0 holds a decode that long for others to join (only while
+    # other streams decode: a lone stream never waits).
     max_batch: int = 4
-    max_batch_wait_s: float = 0.0
+    max_batch_wait_s: float = 0.05
     # Streams whose model calls queue decide less often (None: always on the profile's grid).
     load_shedding: LoadShedding | None = field(default_factory=LoadShedding)
     # Changes applied on top of every latency profile (benchmarks and experiments):

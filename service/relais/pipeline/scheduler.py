@@ -9,7 +9,8 @@ built) and each wait for a slot (``wait_observer``: how long calls queue behind 
 
 Cross-stream batching (``run_batched``): calls of one kind (the Whisper decodes) that queue
 at the same time run as one call over all of them, up to ``max_batch``: the first to queue
-leads, waits for a slot (and up to ``max_wait_s`` for the batch to fill), takes every
+leads, waits for a slot (and up to ``max_wait_s`` for the batch to fill, when another stream
+made a call of its kind in the last ``PEER_WINDOW_S``: a lone stream never waits), takes every
 request of its kind queued by then and hands each its own result. The leader waits behind
 the calls already queued when it arrived (not in its step's place), so on a busy server the
 other streams' encoder passes run first and their decodes join the same batch. A batch
@@ -50,6 +51,7 @@ class Timed(Generic[T]):
     waited: float = 0.0  # time queued for a slot
 
 
+PEER_WINDOW_S = 3.0  # a stream that decoded this recently may join a batch (balanced: a decode every 1-3 s)
 LOAD_WINDOW_S = 10.0  # utilisation is measured over the calls that ended in this window
 
 
@@ -96,6 +98,7 @@ class _Queued:
     asked: float  # time.perf_counter() when queued
     queued_at: float  # time.monotonic() when queued
     ready: threading.Event
+    caller: object = None  # the stream (its StreamCalls), to tell whether others decode too
     lead: bool = False  # woken to lead the next batch rather than with a result
     value: object = None
     error: BaseException | None = None
@@ -117,6 +120,7 @@ class ModelScheduler:
         self._batch_observer = batch_observer
         self._queued: dict[object, list[_Queued]] = {}  # per kind of batched call: requests not yet taken
         self._leading: set[object] = set()  # kinds whose next batch has a leader
+        self._callers: dict[object, dict[int, float]] = {}  # per kind: id(caller) -> last call (monotonic)
         self._queue_changed = threading.Condition(threading.Lock())
         self.call_timeout_s = call_timeout_s  # > 0: ONNX Runtime runs past it are terminated (CallGuard)
         self._slots = FairSlots(max_concurrent_calls)
@@ -144,13 +148,18 @@ class ModelScheduler:
         return Timed(value, seconds, start - asked)
 
     def run_batched(self, stage: str, fn: Callable[[list], list[T]], item, *, ahead_s: float = 0.0,
-                    began: float | None = None) -> Timed[T]:
+                    began: float | None = None, caller: object = None) -> Timed[T]:
         """``fn([item, ...])[i]`` for this ``item``, computed in one call with the requests of the same
         ``stage`` and ``fn`` queued meanwhile (at most ``max_batch``). ``seconds`` is this item's share
-        of the call's compute; the order against other calls is :meth:`run`'s."""
+        of the call's compute; the order against other calls is :meth:`run`'s. ``caller`` (the
+        stream) lets a batch wait for others only while other streams make such calls."""
         kind = (stage, fn)
-        me = _Queued(item, ahead_s, began, time.perf_counter(), time.monotonic(), threading.Event())
+        me = _Queued(item, ahead_s, began, time.perf_counter(), time.monotonic(), threading.Event(), caller)
         with self._queue_changed:
+            callers = self._callers.setdefault(kind, {})
+            for key in [k for k, last in callers.items() if last < me.queued_at - PEER_WINDOW_S]:
+                del callers[key]  # streams that ended or went quiet
+            callers[id(caller)] = me.queued_at
             queue = self._queued.setdefault(kind, [])
             queue.append(me)
             me.lead = kind not in self._leading
@@ -165,12 +174,19 @@ class ModelScheduler:
             raise me.error
         return Timed(me.value, me.seconds, me.waited)
 
+    def _others_call(self, kind: object, me: _Queued) -> bool:
+        """Whether a stream other than ``me``'s made a call of this kind lately (anonymous calls: yes)."""
+        with self._queue_changed:
+            return me.caller is None or any(key != id(me.caller) for key in self._callers.get(kind, {}))
+
     def _lead(self, stage: str, fn: Callable[[list], list], kind: object, me: _Queued) -> None:
-        if self.max_wait_s > 0:  # let the batch fill
+        hold = (time.perf_counter(),) * 2
+        if self.max_wait_s > 0 and self._others_call(kind, me):  # let the batch fill
             deadline = time.monotonic() + self.max_wait_s
             with self._queue_changed:
                 while len(self._queued[kind]) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._queue_changed.wait(left)
+            hold = (hold[0], time.perf_counter())
         batch: list[_Queued] = [me]
         finished = False
         # A batch leader queues for the slot as of when it queued, not as of when its step began: calls
@@ -186,8 +202,8 @@ class ModelScheduler:
                 else:
                     self._leading.discard(kind)
             start = time.perf_counter()
-            for queued in batch:
-                queued.waited = start - queued.asked
+            for queued in batch:  # waits for the slot; holding for the batch to fill is not one
+                queued.waited = start - queued.asked - max(0.0, min(hold[1], start) - max(queued.asked, hold[0]))
                 if self._wait_observer is not None:
                     self._wait_observer(stage, queued.waited)
             if self._batch_observer is not None:
@@ -294,7 +310,8 @@ class StreamCalls:
     def run_batched(self, stage: str, fn: Callable[[list], list[T]], item) -> T:
         """:meth:`ModelScheduler.run_batched` for this stream (its share of the batch's compute)."""
         ahead_s = self.ahead_of_real_time() if self.ahead_of_real_time is not None else 0.0
-        return self._account(stage, self._scheduler.run_batched(stage, fn, item, ahead_s=ahead_s, began=self._began))
+        return self._account(stage, self._scheduler.run_batched(stage, fn, item, ahead_s=ahead_s, began=self._began,
+                                                                caller=self))
 
     def recent_load(self, now: float | None = None) -> float:
         """This stream's share of one model slot over the last LOAD_WINDOW_S (what it adds to the

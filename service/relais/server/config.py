@@ -133,7 +133,8 @@ class LoadSection:
     call_timeout_s: float = 30.0  # one model call running longer is terminated: its stream ends with
     #                               DEADLINE_EXCEEDED and frees the model slot for the others; 0: no bound
     max_batch: int = 4  # greedy decodes of this many streams that queue together share decoder calls; 1: off
-    max_batch_wait_s: float = 0.0  # hold a decode this long for others to join (0: only those already queued)
+    max_batch_wait_s: float = 0.05  # hold a decode this long for other streams' to join, while other streams
+    #                                 decode too (a lone stream never waits); 0: only those already queued
 
     def validate(self) -> None:
         _check(self.call_timeout_s >= 0, "load.call_timeout_s", "must be >= 0 seconds (0 = no bound)",
