@@ -98,7 +98,7 @@ class _Queued:
     asked: float  # time.perf_counter() when queued
     queued_at: float  # time.monotonic() when queued
     ready: threading.Event
-    caller: object = None  # the stream (its StreamCalls), to tell whether others decode too
+    peers: bool = True  # other streams made calls of this kind lately: worth holding for a batch
     lead: bool = False  # woken to lead the next batch rather than with a result
     value: object = None
     error: BaseException | None = None
@@ -154,12 +154,13 @@ class ModelScheduler:
         of the call's compute; the order against other calls is :meth:`run`'s. ``caller`` (the
         stream) lets a batch wait for others only while other streams make such calls."""
         kind = (stage, fn)
-        me = _Queued(item, ahead_s, began, time.perf_counter(), time.monotonic(), threading.Event(), caller)
+        me = _Queued(item, ahead_s, began, time.perf_counter(), time.monotonic(), threading.Event())
         with self._queue_changed:
             callers = self._callers.setdefault(kind, {})
             for key in [k for k, last in callers.items() if last < me.queued_at - PEER_WINDOW_S]:
                 del callers[key]  # streams that ended or went quiet
             callers[id(caller)] = me.queued_at
+            me.peers = caller is None or len(callers) > 1  # anonymous calls: assume company
             queue = self._queued.setdefault(kind, [])
             queue.append(me)
             me.lead = kind not in self._leading
@@ -174,19 +175,14 @@ class ModelScheduler:
             raise me.error
         return Timed(me.value, me.seconds, me.waited)
 
-    def _others_call(self, kind: object, me: _Queued) -> bool:
-        """Whether a stream other than ``me``'s made a call of this kind lately (anonymous calls: yes)."""
-        with self._queue_changed:
-            return me.caller is None or any(key != id(me.caller) for key in self._callers.get(kind, {}))
-
     def _lead(self, stage: str, fn: Callable[[list], list], kind: object, me: _Queued) -> None:
-        hold = (time.perf_counter(),) * 2
-        if self.max_wait_s > 0 and self._others_call(kind, me):  # let the batch fill
+        hold_start = hold_end = time.perf_counter()
+        if self.max_wait_s > 0 and me.peers:  # let the batch fill
             deadline = time.monotonic() + self.max_wait_s
             with self._queue_changed:
                 while len(self._queued[kind]) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._queue_changed.wait(left)
-            hold = (hold[0], time.perf_counter())
+            hold_end = time.perf_counter()
         batch: list[_Queued] = [me]
         finished = False
         # A batch leader queues for the slot as of when it queued, not as of when its step began: calls
@@ -203,7 +199,7 @@ class ModelScheduler:
                     self._leading.discard(kind)
             start = time.perf_counter()
             for queued in batch:  # waits for the slot; holding for the batch to fill is not one
-                queued.waited = start - queued.asked - max(0.0, min(hold[1], start) - max(queued.asked, hold[0]))
+                queued.waited = start - queued.asked - max(0.0, hold_end - max(queued.asked, hold_start))
                 if self._wait_observer is not None:
                     self._wait_observer(stage, queued.waited)
             if self._batch_observer is not None:
