@@ -54,7 +54,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", type=Path, required=True)
     ap.add_argument("--models", nargs="+", default=["whisper-base", "whisper-tiny.en"])
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "int8", "fp32/int8"],
+                    help="precision of both graphs, or ENCODER/DECODER (e.g. fp32/int8)")
     ap.add_argument("--windows", nargs="+", default=["30", "exact", "+1"])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--eval-dir", type=Path, default=default_eval_dir())
@@ -72,7 +73,9 @@ def main() -> int:
         tasks = ([("translate", "fr", fr, fr_audio), ("transcribe", "fr", fr, fr_audio)] if multilingual else []) + \
                 [("transcribe", "en", en, en_audio)]
         for precision in args.precisions:
-            model = WhisperModel(args.models_dir / name, precision, RuntimeConfig(providers=("cpu",), intra_op_threads=args.threads))
+            encoder, _, decoder = precision.rpartition("/")
+            model = WhisperModel(args.models_dir / name, decoder, RuntimeConfig(providers=("cpu",), intra_op_threads=args.threads),
+                                 encoder_precision=encoder or None)
             for window in args.windows:
                 for task, lang, clips, audios in tasks:
                     rtfs, texts = [], []
@@ -85,9 +88,9 @@ def main() -> int:
                         metric, score = "WER", wer(texts, [c.source_text for c in clips])
                     row = dict(model=name, precision=precision, window=window, task=f"{task} {lang}",
                                metric=metric, score=round(score, 4 if metric == "WER" else 2),
-                               rtf_median=round(statistics.median(rtfs), 4), rtf_runs=[round(r, 4) for r in rtfs])
+                               rtf_median=round(statistics.median(rtfs), 4), rtf_runs=[round(r, 4) for r in rtfs], texts=texts)
                     rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    print(json.dumps({k: v for k, v in row.items() if k != "texts"}), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"Machine: {machine()}; ONNX Runtime CPU; greedy decoding; median of {args.runs} runs.", "",

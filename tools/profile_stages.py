@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=None)
     p.add_argument("--latency", choices=sorted(LATENCY_PROFILES), default="balanced")
     p.add_argument("--profile", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]")
+    p.add_argument("--encoder-precision", default="auto", help="models.encoder_precision (auto, fp32, fp16, int8)")
     p.add_argument("--from", dest="source", default="fr")
     p.add_argument("--to", dest="target", default="en")
     args = p.parse_args(argv)
     manifest = args.manifest or default_eval_dir() / "fr_en_dev" / "manifest.tsv"
-    engine = TranslationEngine(EngineConfig(models_dir=args.models, latency_overrides=parse_profile(args.profile, args.latency)))
+    engine = TranslationEngine(EngineConfig(models_dir=args.models, encoder_precision=args.encoder_precision,
+                                            latency_overrides=parse_profile(args.profile, args.latency)))
     engine.warm_up()
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             session.push_audio(audio[i:i + CHUNK])
         session.finish()
     wall = time.perf_counter() - start
-    print(f"{machine()}; {manifest}; latency {args.latency} {args.profile or ''}")
+    print(f"{machine()}; {manifest}; Whisper {engine.whisper.precision_label}; latency {args.latency} {args.profile or ''}")
     print(f"source {source_s:.1f} s, wall {wall:.1f} s, RTF {wall / source_s:.3f}")
     print("| stage | compute (s) | RTF | calls | ms per call |\n|---|---|---|---|---|")
     for stage, seconds in spent.most_common():

@@ -139,5 +139,5 @@ def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recognise
     scores = quality(figs, target_language)
     summary = OfflineSummary(len(rows), compute_s / source_s if source_s else None,
                              scores if recogniser is not None else scores.without_asr())
-    return OfflineResults(summary, rows, f"whole utterance at once: Whisper {engine.whisper.precision} translate "
+    return OfflineResults(summary, rows, f"whole utterance at once: Whisper {engine.whisper.precision_label} translate "
                                          f"(greedy, <= 28 s windows), the same voice speaks it; no policy, no latency")

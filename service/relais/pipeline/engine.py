@@ -24,7 +24,7 @@ from relais.pipeline.recognizer import LoadShedding, Recognizer, RecognizerSetti
 from relais.pipeline.scheduler import ModelScheduler, StageObserver, StreamCalls
 from relais.pipeline.session import StreamingSession
 from relais.pipeline.speaker import Speaker, SpeechSettings
-from relais.runtime.ort import RuntimeConfig, check_precision
+from relais.runtime.ort import RuntimeConfig, check_precision, cpu_has_int8_dot
 from relais.runtime.tts import PiperTts
 from relais.runtime.vad import SileroVad, VadConfig
 from relais.runtime.whisper import WhisperModel
@@ -97,6 +97,9 @@ LATENCY_PROFILES = {
 class EngineConfig:
     models_dir: Path | None = None  # default: $RELAIS_MODELS_DIR or ~/.cache/relais/models
     precision: str = "auto"  # auto: fp16 on GPU if exported, int8 on CPU if exported, else fp32
+    # The encoder's graph; auto: the decoder's, except fp32 beside an int8 decoder on a CPU without
+    # int8 dot-product instructions (see _pick_encoder_precision).
+    encoder_precision: str = "auto"
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     asr_model: str = "whisper-base"
     # VAD for segmenting speech into utterances: a pause of min_silence_ms ends one.
@@ -119,6 +122,7 @@ class EngineConfig:
 
     def __post_init__(self):
         check_precision(self.precision, key="models.precision")
+        check_precision(self.encoder_precision, key="models.encoder_precision")
         for profile in LATENCY_PROFILES.values():
             profile.with_overrides(self.latency_overrides)  # fail at start, not per stream
         if not 2.0 <= self.max_utterance_s <= 28.0:
@@ -153,19 +157,39 @@ class EngineCapabilities:
     execution_provider: str
 
 
-def _pick_precision(requested: str, available: list[str], providers: tuple[str, ...]) -> str:
-    if requested != "auto":
-        if requested not in available:
-            raise ValueError(f"precision {requested!r} was not exported for this model; have {available} "
-                             f"(re-run `relais models prepare --precision {requested}`)")
-        return requested
+def _on_gpu(providers: tuple[str, ...]) -> bool:
     import onnxruntime as ort
 
-    gpu = any(p in ("cuda", "tensorrt") for p in providers) and "CUDAExecutionProvider" in ort.get_available_providers()
-    for choice in (("fp16", "fp32") if gpu else ("int8", "fp32")):
+    return any(p in ("cuda", "tensorrt") for p in providers) and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _check_exported(requested: str, available: list[str], key: str) -> str:
+    if requested not in available:
+        raise ValueError(f"{key} {requested!r} was not exported for this model; have {available} "
+                         f"(re-run `relais models prepare --precision {requested}`)")
+    return requested
+
+
+def _pick_precision(requested: str, available: list[str], providers: tuple[str, ...]) -> str:
+    if requested != "auto":
+        return _check_exported(requested, available, "precision")
+    for choice in (("fp16", "fp32") if _on_gpu(providers) else ("int8", "fp32")):
         if choice in available:
             return choice
     return available[0]
+
+
+def _pick_encoder_precision(requested: str, decoder: str, available: list[str], providers: tuple[str, ...]) -> str:
+    """The encoder's graph. auto: the decoder's precision, except beside an int8 decoder on a CPU
+    without int8 dot-product instructions, where it is fp32. The int8 export computes its products in
+    int8 (MatMulNBits); that pays for the decoder's one-token products everywhere, but the encoder's
+    long ones run 1.5x faster in fp32 on such CPUs (AVX2 only: docs/benchmarks.md, "An fp32
+    encoder beside the int8 decoder"), and fp32 is the reference."""
+    if requested != "auto":
+        return _check_exported(requested, available, "encoder_precision")
+    if decoder == "int8" and "fp32" in available and not _on_gpu(providers) and not cpu_has_int8_dot():
+        return "fp32"
+    return decoder
 
 
 class TranslationEngine:
@@ -174,9 +198,12 @@ class TranslationEngine:
         start = time.monotonic()
         self.model_set = load_model_set(self.config.models_dir)
         entry = self.model_set.get(self.config.asr_model)
-        precision = _pick_precision(self.config.precision, entry.facts.get("precisions", ["fp32"]),
-                                    self.config.runtime.providers)
-        self.whisper = WhisperModel(self.model_set.path(entry.name), precision, self.config.runtime)
+        available = entry.facts.get("precisions", ["fp32"])
+        precision = _pick_precision(self.config.precision, available, self.config.runtime.providers)
+        encoder_precision = _pick_encoder_precision(self.config.encoder_precision, precision, available,
+                                                    self.config.runtime.providers)
+        self.whisper = WhisperModel(self.model_set.path(entry.name), precision, self.config.runtime,
+                                    encoder_precision=encoder_precision)
         vad_entry = self.model_set.by_task("vad")[0]
         self.vad = SileroVad(self.model_set.path(vad_entry.name), self.config.vad)
         self.voices: dict[str, PiperTts] = {}
@@ -186,8 +213,8 @@ class TranslationEngine:
             self.voices[tts.name] = tts
             self.voice_info[tts.name] = VoiceInfo(tts.name, (v.languages or ["?"])[0], tts.sample_rate_hz)
         self.load_s = time.monotonic() - start
-        log.info("engine ready: %s/%s on %s, voices %s (%.1f s)", entry.name, precision,
-                 self.whisper.provider, sorted(self.voices), self.load_s)
+        log.info("engine ready: %s (encoder %s, decoder %s) on %s, voices %s (%.1f s)", entry.name,
+                 encoder_precision, precision, self.whisper.provider, sorted(self.voices), self.load_s)
 
     # -- facts ------------------------------------------------------------------
     @property

@@ -130,11 +130,15 @@ def _stack_rows(arrays: list[np.ndarray], steps: int) -> np.ndarray:
 
 
 class WhisperModel:
-    def __init__(self, model_dir: str | Path, precision: str = "fp32", runtime: RuntimeConfig | None = None):
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", runtime: RuntimeConfig | None = None,
+                 encoder_precision: str | None = None):
+        """``precision`` names the decoder's graph, and the encoder's unless ``encoder_precision`` is given
+        (the two are separate graphs that exchange float32 K/V, so any pair works)."""
         model_dir = Path(model_dir)
         self.model_dir = model_dir
         self.precision = precision
-        self.encoder = create_session(model_dir / f"encoder.{precision}.onnx", runtime)
+        self.encoder_precision = encoder_precision or precision
+        self.encoder = create_session(model_dir / f"encoder.{self.encoder_precision}.onnx", runtime)
         self.decoder = create_session(model_dir / f"decoder.{precision}.onnx", runtime)
         self.facts: ModelFacts = session_metadata(self.decoder.session, self.decoder.path)
         f = self.facts
@@ -160,6 +164,13 @@ class WhisperModel:
         self.has_alignment = "alignment" in self.decoder.output_names
         # Exports since cross-stream batching take per-row offsets and audio lengths (greedy_batch).
         self.batches_rows = "cross_len" in self.decoder.input_names
+
+    @property
+    def precision_label(self) -> str:
+        """``int8``, or ``fp32 encoder + int8 decoder`` when the two graphs differ."""
+        if self.encoder_precision == self.precision:
+            return self.precision
+        return f"{self.encoder_precision} encoder + {self.precision} decoder"
 
     # -- prompt -----------------------------------------------------------------
     def prompt(self, task: str = "transcribe", language: str | None = None, previous: list[int] | None = None) -> list[int]:

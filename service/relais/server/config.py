@@ -3,7 +3,7 @@
     server:   {host, port, metrics_port, web_port, health_port, max_sessions, max_session_s, idle_timeout_s,
                send_timeout_s, max_backlog_s, max_message_mb, keepalive_time_s, keepalive_timeout_s,
                keepalive_min_client_ping_s, drain_grace_s, worker_threads, metrics_created_series}
-    models:   {dir, precision}
+    models:   {dir, precision, encoder_precision}
     runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, heap_trim_s}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
@@ -92,9 +92,11 @@ class ServerSection:
 class ModelsSection:
     dir: str = ""  # "": $RELAIS_MODELS_DIR or ~/.cache/relais/models
     precision: str = "auto"
+    encoder_precision: str = "auto"
 
     def validate(self) -> None:
         check_precision(self.precision, key="models.precision")
+        check_precision(self.encoder_precision, key="models.encoder_precision")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class ServerConfig:
         shedding = LoadShedding(wait_high_s=load.shed_wait_s, max_stretch=load.shed_max_stretch) \
             if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
+                            encoder_precision=self.models.encoder_precision,
                             runtime=self.runtime.runtime_config(), load_shedding=shedding,
                             call_timeout_s=load.call_timeout_s, max_batch=load.max_batch,
                             max_batch_wait_s=load.max_batch_wait_s)
