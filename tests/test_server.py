@@ -249,31 +249,17 @@ def engine(model_set):
     return TranslationEngine(EngineConfig(models_dir=model_set.root))
 
 
-def test_cpu_flags_tell_int8_dot_products():
-    from relais.runtime.ort import cpu_flags, cpu_has_int8_dot
-
-    this_host = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 fma vaes\n"
-    assert cpu_flags(this_host) == {"fpu", "sse4_2", "avx2", "fma", "vaes"}
-    assert not cpu_has_int8_dot(cpu_flags(this_host))
-    assert cpu_has_int8_dot(cpu_flags("flags\t: avx2 avx512f avx512_vnni\n"))
-    assert cpu_has_int8_dot(cpu_flags("processor\t: 0\nFeatures\t: fp asimd asimddp\n"))  # Arm (Jetson)
-    assert cpu_flags("no such lines\n") == frozenset()
-
-
 def test_engine_picks_each_whisper_graphs_precision(engine, model_set):
-    """auto on CPU: the int8 decoder, and beside it the fp32 encoder unless the CPU has int8 dot-product
-    instructions (without them the encoder's long int8 products are slower than fp32); each graph can be
-    named, and one that was not exported is refused with the command that exports it."""
+    """auto on CPU: int8 for both graphs; the encoder's can be named apart (fp32 is faster on CPUs without
+    VNNI, docs/benchmarks.md), and a graph that was not exported is refused with the command that exports it."""
     from relais.pipeline.engine import EngineConfig, TranslationEngine
-    from relais.runtime.ort import cpu_has_int8_dot
 
-    encoder = "int8" if cpu_has_int8_dot() else "fp32"
-    assert (engine.whisper.encoder_precision, engine.whisper.precision) == (encoder, "int8")
-    assert engine.whisper.encoder.path.endswith(f"encoder.{encoder}.onnx")
+    assert engine.whisper.encoder.path.endswith("encoder.int8.onnx")
     assert engine.whisper.decoder.path.endswith("decoder.int8.onnx")
-    assert engine.whisper.precision_label == ("int8" if encoder == "int8" else "fp32 encoder + int8 decoder")
-    all_int8 = TranslationEngine(EngineConfig(models_dir=model_set.root, encoder_precision="int8"))
-    assert all_int8.whisper.encoder.path.endswith("encoder.int8.onnx") and all_int8.whisper.precision_label == "int8"
+    assert engine.whisper.precision_label == "int8"
+    mixed = TranslationEngine(EngineConfig(models_dir=model_set.root, encoder_precision="fp32"))
+    assert mixed.whisper.encoder.path.endswith("encoder.fp32.onnx") and mixed.whisper.decoder.path.endswith("decoder.int8.onnx")
+    assert mixed.whisper.precision_label == "fp32 encoder + int8 decoder"
     fp32 = TranslationEngine(EngineConfig(models_dir=model_set.root, precision="fp32"))
     assert fp32.whisper.encoder.path.endswith("encoder.fp32.onnx") and fp32.whisper.precision_label == "fp32"
     with pytest.raises(ValueError, match=r"encoder_precision 'fp16' was not exported for this model; have "

@@ -12,7 +12,7 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.eval.scores import bleu, wer
 from relais.models.metadata import read_metadata
-from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel
+from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel, restart_at
 from relais_export.errors import ExportError
 from relais_export.whisper.reference import reference_features, reference_greedy
 
@@ -217,6 +217,23 @@ def test_base_int8_batched_rows_differ_only_at_near_ties(base):
     assert len(differ) <= 2, [(a.text, t.text) for a, t in differ]
     for a, t in differ:
         assert difflib.SequenceMatcher(None, a.tokens, t.tokens).ratio() >= 0.8, (a.text, t.text)
+
+
+def test_a_decode_that_starts_the_utterance_over_is_cut(base):
+    """The restarts Whisper base produced on fr_en_dev (transpeech_fr_en_1 and _3, at the final decode):
+    cut at the sentence end; sentences that merely follow one another are kept."""
+    tok = base["fp32"].tokenizer
+    out = tok.encode("The building is heated to the air panel. The building is heated to the solar panels.")
+    cut = restart_at(tok, [], out)
+    assert cut is not None and tok.decode(out[:cut]) == "The building is heated to the air panel."
+    history = tok.encode("The cat is the family name")  # committed earlier in the utterance
+    out = tok.encode(" of the owner. The cat belongs to the husband of the owner.")
+    cut = restart_at(tok, history, out)
+    assert cut is not None and tok.decode(out[:cut]) == " of the owner."
+    for text in ("The building is warm. The heating is solar.", "The cat sat? Yes, the cat sat.",
+                 "The building is heated to the", "Heated. The building is heated."):
+        assert restart_at(tok, [], tok.encode(text)) is None, text
+    assert restart_at(tok, tok.encode("We agree"), tok.encode(". We agree again.")) == 1
 
 
 def test_tiny_en_prompt_and_language_errors(tiny, base):

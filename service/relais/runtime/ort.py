@@ -28,33 +28,6 @@ PROVIDER_ALIASES = {
 }
 
 
-# CPU features with which ONNX Runtime's int8 matrix kernels multiply-accumulate bytes in one
-# instruction (x86: VNNI or AMX; Arm: the dot-product extension). Without them int8 products take
-# several instructions, and a long one (the Whisper encoder's) is slower than fp32.
-INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
-
-
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm); empty where
-    there is no such file (the caller then assumes the fewest features)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
-
-
-def cpu_has_int8_dot(flags: frozenset[str] | None = None) -> bool:
-    """Whether this CPU has int8 dot-product instructions (:data:`INT8_DOT_FLAGS`)."""
-    return bool((cpu_flags() if flags is None else flags) & INT8_DOT_FLAGS)
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How models are executed. ``providers`` is tried in order; missing ones are skipped."""

@@ -8,6 +8,7 @@ the ONNX metadata written by the exporter.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,30 @@ def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS) -> int:
         if tokens[n - span:] == tokens[n - 2 * span:n - span]:
             return span
     return 0
+
+
+# Whisper sometimes finishes a translation and starts it over ("The building is heated to the air
+# panel. The building is heated to the solar panels."), most often at the end of a short utterance
+# followed by the encoder's padding. A decode is cut at a sentence end when the next sentence opens
+# with the same RESTART_WORDS words as the utterance's text (the committed ``history`` + the output).
+RESTART_WORDS = 2
+SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")
+_WORD = re.compile(r"\w[\w']*")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def restart_at(tokenizer: WhisperTokenizer, history: list[int], out: list[int]) -> int | None:
+    """Index in ``out`` where a sentence begins that restarts the utterance (see RESTART_WORDS), or None."""
+    for i in range(1, len(out)):
+        if not tokenizer.token_text(out[i - 1]).rstrip().endswith(SENTENCE_ENDS):
+            continue
+        opening = _words(tokenizer.decode(history + out[:i]))[:RESTART_WORDS]
+        if len(opening) == RESTART_WORDS and _words(tokenizer.decode(out[i:]))[:RESTART_WORDS] == opening:
+            return i
+    return None
 
 
 MIN_ALIGNMENT_ROWS = 4  # fewer tokens than this give no usable per-frame statistics
@@ -347,6 +372,8 @@ class WhisperModel:
         tokens = list(tokens)
         if (span := repeated_tail((history or []) + tokens)) and span <= len(tokens):
             del tokens[-span:]
+        if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
+            del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
         return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), ended, avg, [],
                             [], self.audio_frames(enc))
@@ -459,6 +486,9 @@ class _GreedyRow:
 
     def result(self) -> DecodeResult:
         model, out = self.model, self.out
+        if self.request.stop_on_repeat and (cut := restart_at(model.tokenizer, self.history, out)) is not None:
+            log.debug("restart of the utterance cut (%d tokens)", len(out) - cut)
+            del out[cut:]
         logprobs = self.logprobs[: len(out) + int(self.ended)]
         avg = float(np.mean(logprobs)) if logprobs else 0.0
         rows = self.rows
