@@ -50,6 +50,7 @@ class LatencyProfile:
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
     idle_backlog_s: float = 0.25  # speech: speak waiting words at once when less than this is left to play
     min_length_factor: float = 0.8  # speech: fastest speaking rate under backlog (x the voice's length scale)
+    speedup_full_s: float = 3.0  # speech: the backlog at which that rate is reached (faster from 0.5 s on)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -58,11 +59,15 @@ class LatencyProfile:
             raise ValueError(f"step_s must be within 0.1..10 s, got {self.step_s}")
         if self.first_step_s and not 0.1 <= self.first_step_s <= self.step_s:
             raise ValueError(f"first_step_s must be 0 (off) or within 0.1 s..step_s, got {self.first_step_s}")
-        SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor)  # validates
+        self.speech_settings()  # validates
         if not 1 <= self.beam_size <= 16:
             raise ValueError(f"beam_size must be within 1..16, got {self.beam_size}")
         if self.agreement < 1 or self.phrase_max_words < 0 or self.frame_threshold < 0 or self.max_hold_s < 0:
             raise ValueError("agreement must be >= 1; phrase_max_words, frame_threshold and max_hold_s >= 0")
+
+    def speech_settings(self) -> SpeechSettings:
+        return SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor,
+                              speedup_full_s=self.speedup_full_s)
 
     def with_overrides(self, overrides: dict[str, object]) -> LatencyProfile:
         """A copy with some fields changed (values converted to the field's type); a clear error otherwise."""
@@ -302,10 +307,8 @@ class TranslationEngine:
             final_beam_size=cfg.latency.beam_size, first_step_s=cfg.latency.first_step_s,
             shedding=self.config.load_shedding)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
-        speech = SpeechSettings(idle_backlog_s=cfg.latency.idle_backlog_s,
-                                min_length_factor=cfg.latency.min_length_factor)
         speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls,
-                          settings=speech) if cfg.return_audio else None
+                          settings=cfg.latency.speech_settings()) if cfg.return_audio else None
         return StreamingSession(self.vad, recognizer, speaker, calls)
 
     def policy(self, latency: LatencyProfile) -> SimultaneousPolicy:
