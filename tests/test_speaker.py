@@ -47,11 +47,16 @@ def partial(text: str, at_s: float) -> TextSegment:
     return TextSegment(TextKind.TRANSLATION_PARTIAL, text, "en", at_s - 1.0, at_s, at_s)
 
 
-def frame_db(audio: np.ndarray, sr: int, frame_s: float = 0.01) -> np.ndarray:
-    """Each 10 ms frame's RMS in dB relative to the loudest frame (computed here, not by the code under test)."""
+def frame_rms(audio: np.ndarray, sr: int, frame_s: float = 0.01) -> np.ndarray:
+    """Each 10 ms frame's RMS (computed here, not by the code under test)."""
     n = round(frame_s * sr)
     frames = audio[: len(audio) // n * n].astype(np.float64).reshape(-1, n)
-    rms = np.sqrt((frames ** 2).mean(axis=1))
+    return np.sqrt((frames ** 2).mean(axis=1))
+
+
+def frame_db(audio: np.ndarray, sr: int, frame_s: float = 0.01) -> np.ndarray:
+    """Each 10 ms frame's RMS in dB relative to the loudest frame."""
+    rms = frame_rms(audio, sr, frame_s)
     return 20 * np.log10(np.maximum(rms, 1e-12) / rms.max())
 
 
@@ -68,12 +73,11 @@ def test_trim_keeps_the_speech_and_a_margin_and_drops_the_padding(voice):
         # Nothing audible is lost: what was cut is quiet (more than 40 dB below the loudest 10 ms, the
         # rule; against the speech's average loudness the margin varies with Piper's sampling noise)...
         cut = np.concatenate([raw[:start], raw[end:]])
-        n = round(0.01 * sr)
-        loudest = np.sqrt((raw[: len(raw) // n * n].reshape(-1, n) ** 2).mean(axis=1)).max()
-        assert np.sqrt(np.mean(cut ** 2)) < 0.01 * loudest, text
+        assert np.sqrt(np.mean(cut ** 2)) < 0.01 * frame_rms(raw, sr).max(), text
         assert (trimmed ** 2).sum() > 0.9999 * (raw ** 2).sum(), text
         # ...and the trimmed audio reaches -40 dB within the margin (+ one frame) of either end.
         # (Our frames need not line up with the trim's: one frame of slack either way.)
+        n = round(0.01 * sr)
         loud = np.nonzero(frame_db(trimmed, sr) >= -40)[0]
         lead_s, tail_s = loud[0] * n / sr, (len(trimmed) - (loud[-1] + 1) * n) / sr
         assert 0.019 <= lead_s <= 0.041 and 0.019 <= tail_s <= 0.041, (text, lead_s, tail_s)

@@ -488,7 +488,8 @@ class _GreedyRow:
         model, out = self.model, self.out
         if self.request.stop_on_repeat and (cut := restart_at(model.tokenizer, self.history, out)) is not None:
             log.debug("restart of the utterance cut (%d tokens)", len(out) - cut)
-            del out[cut:]
+            del out[cut:]  # as a repetition loop's cut: the decode did not end at end-of-text there
+            self.ended = False
         logprobs = self.logprobs[: len(out) + int(self.ended)]
         avg = float(np.mean(logprobs)) if logprobs else 0.0
         rows = self.rows
