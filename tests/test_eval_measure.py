@@ -122,7 +122,7 @@ def test_results_write_every_section(tmp_path):
 
     f = measure(_result(), "u", 2.0, "realtime", reference="hello there my world")
     levels = [ConcurrencyLevel(1, 1, 0, 0.5, 0.7, 0.4, 1.8, 1.8, 4.0, 12.5, 0.0, 12.5),
-              ConcurrencyLevel(2, 1, 0, 0.9, 3.5, 0.4, 2.0, 2.0, 5.0, 11.9, 0.25, 12.5)]
+              ConcurrencyLevel(2, 1, 0, 0.9, 3.5, 0.4, 2.0, 2.0, 5.0, 11.9, 0.25, 12.5, refusals=3)]
     meta = RunMeta("m.tsv", "2026-01-01T00:00:00", "cpu", "in-process", "realtime", "balanced", "fr", "en", 100,
                    False, None, "RSS", "norm", asr_model="whisper-base (fp32)")
     offline = OfflineResults(OfflineSummary(1, 0.2, Quality(1, 10.0, 40.0)),
@@ -148,12 +148,13 @@ def test_results_write_every_section(tmp_path):
     assert diff["n_utterances"] == 1 and diff["n_resamples"] == 1000 and diff["bleu_b"] == pytest.approx(0.0)
     assert diff["difference"] == pytest.approx(diff["bleu_a"]) and "excludes_zero" in diff
     assert set(data["offline"]) == set(reference["offline"]) and data["offline"]["summary"]["bleu"] == 10.0
-    assert set(data["concurrency"][0]) - set(reference["concurrency"][0]) == {"bleu", "degraded_fraction",
-                                                                              "bleu_single", "decoder_batch_mean"}
+    assert set(data["concurrency"][0]) - set(reference["concurrency"][0]) == {
+        "bleu", "degraded_fraction", "bleu_single", "decoder_batch_mean", "refusals"}
     assert set(data["concurrency"][0]) >= set(reference["concurrency"][0]) and data["max_concurrency_under_bound"] == 1
     assert data["memory"]["samples"] == [[0.0, 400.0], [60.0, 460.0]] and data["memory"]["rss_slope_mb_per_min"] == 60
     text = markdown(results)
     assert "| 2 | 0.90 | 3.50 | 11.9 (12.5) | 0.25 |" in text  # N, lag p50/p95, BLEU (at N=1), skipped
+    assert "| 0 (3 refusals retried) |" in text and "| 0 |" in text  # N=2 retried refused streams, N=1 did not
     assert "| streamed |" in text and "| offline (same models) | 10.0 |" in text and "largest N within it: **1**" in text
     assert "BLEU streamed − offline: " in text and "paired bootstrap, 1000 resamples of 1 utterances" in text
     assert "latency balanced ·" in text

@@ -32,11 +32,12 @@ LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0}
 
 def test_load_keys_defaults_become_the_engine_and_validation_names_the_key():
     cfg = load_config(env={})
-    assert (cfg.load.shed_wait_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load, cfg.load.new_stream_cost) \
-        == (0.25, 3.0, 0.9, 0.4)
-    assert cfg.engine_config().load_shedding == LoadShedding(wait_high_s=0.25, max_stretch=3.0)
+    assert (cfg.load.shed_wait_s, cfg.load.shed_lag_s, cfg.load.shed_max_stretch, cfg.load.admit_max_load,
+            cfg.load.new_stream_cost) == (0.25, 1.0, 3.0, 0.9, 0.4)
+    assert cfg.engine_config().load_shedding == LoadShedding(wait_high_s=0.25, max_stretch=3.0, lag_high_s=1.0)
     assert load_config(env={"RELAIS_LOAD_SHED_WAIT_S": "0"}).engine_config().load_shedding is None  # off
     for key, value, rule in (("shed_wait_s", "-1", "must be >= 0 seconds"), ("shed_max_stretch", "0.5", "1..10"),
+                             ("shed_lag_s", "-0.5", "must be >= 0 seconds"),
                              ("admit_max_load", "1.5", "0..1"), ("new_stream_cost", "-0.1", "0..1")):
         with pytest.raises(ValueError, match=f"load.{key}: .*{re.escape(rule)}"):
             load_config(env={f"RELAIS_LOAD_{key.upper()}": value})
@@ -52,6 +53,23 @@ def test_shedding_stretches_while_calls_queue_and_relaxes_when_they_stop():
     assert seen == [1.5, 2.25, 3.0, 3.0, 3.0, 2.0, 1.333, 1.0, 1.0]
     with pytest.raises(ValueError, match="factor > 1"):
         LoadShedding(factor=1.0)
+
+
+def test_shedding_with_a_lag_bound_leaves_streams_that_keep_up_on_their_grid():
+    rule = LoadShedding(wait_high_s=0.2, factor=1.5, max_stretch=3.0, lag_high_s=1.0)
+    # queueing while the stream keeps up (its oldest audio waited under a second): no shedding
+    assert rule.next_stretch(1.0, waited_s=0.5, lag_s=0.8) == 1.0
+    stretch, seen = 1.0, []
+    for waited, lag in ((0.5, 1.4), (0.5, 1.6), (0.5, 0.9), (0.5, 0.4), (0.5, 0.3), (0.5, 1.2)):
+        stretch = rule.next_stretch(stretch, waited, lag)
+        seen.append(round(stretch, 3))
+    # behind: up; within the bound but not yet under half of it: held; caught up (< 0.5 s): down,
+    # even while it still queues
+    assert seen == [1.5, 2.25, 2.25, 1.5, 1.0, 1.5]
+    # no server to say how far behind (None): the queue wait alone decides, as with lag_high_s 0
+    assert rule.next_stretch(1.0, 0.5, None) == LoadShedding(wait_high_s=0.2).next_stretch(1.0, 0.5, 0.1) == 1.5
+    with pytest.raises(ValueError, match="lag_high_s >= 0"):
+        LoadShedding(lag_high_s=-1.0)
 
 
 def test_scheduler_utilisation_is_compute_over_slot_time_in_the_window():
@@ -396,6 +414,21 @@ def test_loaded_streams_decide_less_often_report_it_and_still_translate(model_se
         assert 0 < _metric(handle, "relais_scheduler_utilisation") <= 1
 
 
+def test_streams_that_queue_but_are_within_the_lag_bound_keep_their_grid(model_set):
+    """The same three clips queue as long for the slot, but with load.shed_lag_s far above how far
+    behind they fall, none of them sheds: the server tells each stream its lag, and queueing alone
+    does not stretch a grid (it would with no lag known, as the test above shows for 0.05 s)."""
+    with start_in_process(_config(model_set, shed_wait_s=0.05, shed_lag_s=600, admit_max_load=0)) as handle:
+        address = handle.address
+        barrier = threading.Barrier(len(CLIPS))
+        with futures.ThreadPoolExecutor(len(CLIPS)) as pool:
+            results = list(pool.map(lambda u: _translate(address, u, barrier), CLIPS))
+        for (utt, keywords), result in zip(CLIPS.items(), results):
+            assert result.summary.queue_wait_s > 0.5 and result.summary.degraded_fraction == 0, (utt, result.summary)
+            assert _words(result.translation) & keywords, (utt, result.translation)
+        assert _metric(handle, 'relais_decision_steps_total{outcome="skipped"}') == 0
+
+
 def test_a_stream_past_measured_capacity_is_refused_with_resource_exhausted(model_set):
     """With one stream keeping the model slot busy, a second one would need more than
     load.admit_max_load: it is refused with RESOURCE_EXHAUSTED and a message that says why, the
@@ -501,3 +534,23 @@ def test_streams_decoded_together_share_decoder_calls_and_translate_as_alone(mod
     assert together == alone
     assert all(_words(alone[utt]) & keywords for utt, keywords in CLIPS.items()), alone
     assert shared > 0 and rows > calls, (calls, rows, shared)
+
+
+def test_eval_client_backs_off_and_retries_a_refused_stream(model_set):
+    """`relais eval --retry-refused-s`: with room for one session, the second of two clips started
+    together is refused (RESOURCE_EXHAUSTED) and, retrying as a client backing off would, runs once
+    the first is done; without retries it counts as failed."""
+    from relais.eval.runner import options_for, stream_all
+
+    utts = [u for u in load_manifest("fr_en_dev") if u.id in ("common_voice_fr_19601543", "transpeech_fr_en_2")]
+    options = options_for("simulated", source_language="fr", target_language="en", latency_mode="balanced")
+    config = ServerConfig().replace(server={**LOCAL, "max_sessions": 1}, models={"dir": str(model_set.root)},
+                                    runtime={"providers": ["cpu"]})
+    with start_in_process(config) as handle:
+        retried = stream_all(handle.address, utts, options, concurrency=2, mode="simulated", retry_refused_s=0.2)
+        assert all(r.result is not None and r.result.translation.strip() for r in retried.runs), retried.runs
+        assert sum(r.refusals for r in retried.runs) >= 1
+        once = stream_all(handle.address, utts, options, concurrency=2, mode="simulated")
+    failed = [r for r in once.runs if r.result is None]
+    assert len(failed) == 1 and "RESOURCE_EXHAUSTED" in failed[0].error and "max_sessions" in failed[0].error
+    assert failed[0].refusals == 0

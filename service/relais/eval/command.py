@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", default="1",
                    help="simultaneous streams; a list (1,2,4) sweeps them (quality is scored on the first)")
     p.add_argument("--lag-bound-s", type=float, default=3.0, help="p95 output-lag bound for the concurrency sweep")
+    p.add_argument("--retry-refused-s", type=float, default=0.0, metavar="S",
+                   help="a stream refused at capacity (RESOURCE_EXHAUSTED) tries again after S seconds, as a "
+                        "client backing off would (for up to 2 minutes); default 0: it counts as refused")
     p.add_argument("--out", type=Path, default=Path("eval-out"), help="results directory (default ./eval-out)")
     p.add_argument("--models", type=Path, help="model set (in-process server, offline baseline and ASR model)")
     p.add_argument("--asr-model", type=Path, help="exported Whisper directory for ASR-BLEU (default: the model "
@@ -121,6 +124,8 @@ def parse_profile(items: list[str] | str, latency_mode: str = "balanced") -> dic
 def run(args) -> int:
     try:
         levels = _levels(args.concurrency)
+        if args.retry_refused_s < 0:
+            raise ValueError(f"--retry-refused-s must be >= 0 seconds (0 = no retry), got {args.retry_refused_s}")
         overrides = parse_profile(args.profile, args.latency)
         if overrides and args.server is not None:
             raise ValueError("--profile changes the in-process server's engine; a running --server keeps its own")
@@ -179,7 +184,7 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
             before = scrape(sut.metrics_url)
             with MemorySampler(sut.pid) as sampler:
                 batch = stream_all(sut.address, utts, options, concurrency=n, mode=args.mode,
-                                   desc=f"{args.mode} x{n}")
+                                   desc=f"{args.mode} x{n}", retry_refused_s=args.retry_refused_s)
             after = scrape(sut.metrics_url)
             figs = [measure(r.result, r.utterance.id, r.utterance.duration_s, args.mode,
                             reference=r.utterance.reference, source_text=r.utterance.source_text,
@@ -191,7 +196,8 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
             levels_out.append(ConcurrencyLevel(n, len(figs), failed, s.lag_p50_s, s.lag_p95_s, s.rtf,
                                                s.client_wall_rtf, s.start_offset_s, batch.wall_s,
                                                s.quality.bleu, s.degraded_fraction, single.quality.bleu,
-                                               labelled_mean(before, after, "relais_batch_size", stage="decoder")))
+                                               labelled_mean(before, after, "relais_batch_size", stage="decoder"),
+                                               sum(r.refusals for r in batch.runs)))
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
                 lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []

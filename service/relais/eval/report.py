@@ -74,7 +74,7 @@ def markdown(results: EvalResults) -> str:
             lines.append(f"| {lv.concurrency} | {_f(lv.lag_p50_s)} | {_f(lv.lag_p95_s)} | {_f(lv.bleu, 1)} "
                          f"({_f(lv.bleu_single, 1)}) | {_f(lv.degraded_fraction)} | {_f(lv.rtf)} | "
                          f"{_f(lv.client_wall_rtf)} | {_f(lv.start_offset_s)} | {_f(lv.decoder_batch_mean)} | "
-                         f"{lv.n_failed} |")
+                         f"{lv.n_failed}{f' ({lv.refusals} refusals retried)' if lv.refusals else ''} |")
     mem = results.memory
     if mem is not None:
         lines += ["", f"Server RSS ({meta.memory_source}): {_f(mem.rss_start_mb, 0)} -> "

@@ -128,6 +128,7 @@ class ConcurrencyLevel:
     degraded_fraction: float | None = None  # mean share of decisions skipped under load
     bleu_single: float | None = None  # the first level's BLEU on the same utterances (what `bleu` compares to)
     decoder_batch_mean: float | None = None  # streams per decoder call on the server (relais_batch_size)
+    refusals: int = 0  # refusals that were retried (--retry-refused-s); those that never ran are in n_failed
 
 
 def max_concurrency_under(levels: list[ConcurrencyLevel], bound_s: float) -> int | None:

@@ -34,6 +34,10 @@ class StreamRun:
     error: str = ""
     started_s: float = 0.0  # since the batch started
     ended_s: float = 0.0
+    refusals: int = 0  # times the server refused it (RESOURCE_EXHAUSTED) before it ran or gave up
+
+
+RETRY_FOR_S = 120.0  # a refused stream retries for at most this long, then counts as failed
 
 
 @dataclass
@@ -76,24 +80,37 @@ class Progress:
 
 
 def stream_all(address: str, utterances: list[Utterance], options: TranslateOptions, *, concurrency: int = 1,
-               mode: str = "realtime", desc: str = "eval", timeout_s: float | None = None) -> BatchRun:
-    """Every utterance through its own Translate stream, ``concurrency`` at a time (one channel each)."""
+               mode: str = "realtime", desc: str = "eval", timeout_s: float | None = None,
+               retry_refused_s: float = 0.0) -> BatchRun:
+    """Every utterance through its own Translate stream, ``concurrency`` at a time (one channel each).
+    ``retry_refused_s`` > 0: a stream the server refuses at capacity (RESOURCE_EXHAUSTED) tries again
+    after that long, as a client backing off would (for up to RETRY_FOR_S); 0: it counts as failed."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if retry_refused_s < 0:
+        raise ValueError(f"retry_refused_s must be >= 0 (0 = no retry), got {retry_refused_s}")
     batch = BatchRun(concurrency=concurrency, mode=mode)
     bar = Progress(len(utterances), desc)
     lock = threading.Lock()
     t0 = time.monotonic()
 
     def one(utt: Utterance) -> StreamRun:
-        started = time.monotonic() - t0
-        try:
-            with TranslateClient(address, timeout_s=timeout_s) as client:
-                result = client.translate_file(utt.path, options)
-            run = StreamRun(utt, result, "", started, time.monotonic() - t0)
-        except Exception as exc:  # noqa: BLE001 - one failed stream is reported, not fatal
-            log.error("utterance %s failed: %s", utt.id, exc)
-            run = StreamRun(utt, None, f"{type(exc).__name__}: {exc}", started, time.monotonic() - t0)
+        first_try, refusals = time.monotonic(), 0
+        while True:
+            started = time.monotonic() - t0
+            try:
+                with TranslateClient(address, timeout_s=timeout_s) as client:
+                    result = client.translate_file(utt.path, options)
+                run = StreamRun(utt, result, "", started, time.monotonic() - t0, refusals)
+            except Exception as exc:  # noqa: BLE001 - one failed stream is reported, not fatal
+                if (retry_refused_s and _refused(exc)
+                        and time.monotonic() + retry_refused_s - first_try <= RETRY_FOR_S):
+                    refusals += 1
+                    time.sleep(retry_refused_s)
+                    continue
+                log.error("utterance %s failed: %s", utt.id, exc)
+                run = StreamRun(utt, None, f"{type(exc).__name__}: {exc}", started, time.monotonic() - t0, refusals)
+            break
         with lock:
             bar.update()
         return run
@@ -102,6 +119,13 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
         batch.runs = list(pool.map(one, utterances))
     batch.wall_s = time.monotonic() - t0
     return batch
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing a stream at capacity (worth retrying later)."""
+    import grpc
+
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 # --- the server under test -----------------------------------------------------------------------

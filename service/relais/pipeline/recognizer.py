@@ -37,24 +37,32 @@ class LoadShedding:
     """Deciding less often when the server is loaded, instead of falling behind.
 
     After each hypothesis step the stream looks at how long its model calls queued for the
-    scheduler since the previous one: longer than ``wait_high_s`` stretches the interval to
-    the next hypothesis by ``factor`` (up to ``max_stretch`` x the profile's step), under half
-    of it shrinks it back. While stretched, an utterance's final decode is greedy instead of the
-    profile's beam search. A single stream on an idle server never queues, so its decode grid
-    (and committed text) is the unloaded one."""
+    scheduler since the previous one, and at how far behind real time it is (``lag_s``: how long
+    the oldest audio of the session call has been waiting, when the server says). Both past their
+    bounds (``wait_high_s``, ``lag_high_s``) stretch the interval to the next hypothesis by
+    ``factor`` (up to ``max_stretch`` x the profile's step); under half of either bound shrinks it
+    back. While stretched, an utterance's final decode is greedy instead of the profile's beam
+    search. A single stream on an idle server never queues, so its decode grid (and committed
+    text) is the unloaded one; with ``lag_high_s`` > 0 neither does a stream that queues but keeps
+    up, so a few streams that fit the machine keep their text (``lag_high_s`` 0: queueing alone)."""
 
     wait_high_s: float = 0.25
     factor: float = 1.5
     max_stretch: float = 3.0
+    lag_high_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (self.wait_high_s > 0 and self.factor > 1 and self.max_stretch >= 1):
-            raise ValueError(f"load shedding needs wait_high_s > 0, factor > 1, max_stretch >= 1; got {self}")
+        if not (self.wait_high_s > 0 and self.factor > 1 and self.max_stretch >= 1 and self.lag_high_s >= 0):
+            raise ValueError(f"load shedding needs wait_high_s > 0, factor > 1, max_stretch >= 1, "
+                             f"lag_high_s >= 0; got {self}")
 
-    def next_stretch(self, stretch: float, waited_s: float) -> float:
-        if waited_s > self.wait_high_s:
+    def next_stretch(self, stretch: float, waited_s: float, lag_s: float | None = None) -> float:
+        """``lag_s`` None: not known (no server in front), judged on the queue wait alone."""
+        behind = lag_s is None or lag_s > self.lag_high_s
+        if waited_s > self.wait_high_s and behind:
             return min(self.max_stretch, stretch * self.factor)
-        if waited_s < self.wait_high_s / 2:
+        caught_up = lag_s is not None and lag_s < self.lag_high_s / 2
+        if waited_s < self.wait_high_s / 2 or caught_up:
             return max(1.0, stretch / self.factor)
         return stretch
 
@@ -141,7 +149,8 @@ class Recognizer:
         shedding = self.settings.shedding
         if shedding is None:
             return nominal
-        state.stretch = shedding.next_stretch(state.stretch, self.calls.waited_s - state.waited_mark)
+        state.stretch = shedding.next_stretch(state.stretch, self.calls.waited_s - state.waited_mark,
+                                              self.calls.lag())
         state.waited_mark = self.calls.waited_s
         interval = max(nominal, int(round(nominal * state.stretch / self.window)) * self.window)
         state.skipped_steps += interval / nominal - 1

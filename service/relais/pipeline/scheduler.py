@@ -283,11 +283,17 @@ class StreamCalls:
         self._recent: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
         # how far the stream's audio is ahead of real time (set by the server; ModelScheduler.run)
         self.ahead_of_real_time: Callable[[], float] | None = None
+        # how long the oldest audio of the running session call has waited (set by the server; load shedding)
+        self.behind_real_time: Callable[[], float] | None = None
         self._began: float | None = None  # when the session call now running began (begin())
 
     def begin(self) -> None:
         """A session call (push of audio, end of stream) begins: its model calls queue as of now."""
         self._began = time.monotonic()
+
+    def lag(self) -> float | None:
+        """Seconds the stream is behind real time, None where no server measures it."""
+        return self.behind_real_time() if self.behind_real_time is not None else None
 
     def run(self, stage: str, fn: Callable[..., T], *args, **kwargs) -> T:
         ahead_s = self.ahead_of_real_time() if self.ahead_of_real_time is not None else 0.0

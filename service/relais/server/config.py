@@ -7,7 +7,7 @@
     runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, heap_trim_s}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
-    load:     {shed_wait_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s, max_batch,
+    load:     {shed_wait_s, shed_lag_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s, max_batch,
                max_batch_wait_s}
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
@@ -124,6 +124,8 @@ class LoadSection:
     shed_wait_s: float = 0.25  # a stream whose model calls queued longer than this between two
     #                            hypotheses decides less often; 0: never (always the profile's step)
     shed_max_stretch: float = 3.0  # at most this x the latency profile's step between hypotheses
+    shed_lag_s: float = 1.0  # ...and only while it is this far behind real time (its oldest audio waiting
+    #                          this long): streams that queue but keep up keep their grid; 0: queueing alone
     admit_max_load: float = 0.9  # refuse a new stream (RESOURCE_EXHAUSTED) when the scheduler's measured
     #   utilisation is at least this and a stream already sheds all it may (without shedding: when one more
     #   stream would push the utilisation past it); 0: off
@@ -142,6 +144,8 @@ class LoadSection:
         _check(self.call_timeout_s >= 0, "load.call_timeout_s", "must be >= 0 seconds (0 = no bound)",
                self.call_timeout_s)
         _check(self.shed_wait_s >= 0, "load.shed_wait_s", "must be >= 0 seconds (0 = off)", self.shed_wait_s)
+        _check(self.shed_lag_s >= 0, "load.shed_lag_s", "must be >= 0 seconds (0 = queue wait alone)",
+               self.shed_lag_s)
         _check(1.0 <= self.shed_max_stretch <= 10.0, "load.shed_max_stretch", "must be within 1..10",
                self.shed_max_stretch)
         _check(0.0 <= self.admit_max_load <= 1.0, "load.admit_max_load", "must be within 0..1 (0 = off)",
@@ -187,7 +191,8 @@ class ServerConfig:
 
         models_dir = Path(self.models.dir).expanduser() if self.models.dir else None
         load = self.load
-        shedding = LoadShedding(wait_high_s=load.shed_wait_s, max_stretch=load.shed_max_stretch) \
+        shedding = LoadShedding(wait_high_s=load.shed_wait_s, max_stretch=load.shed_max_stretch,
+                                lag_high_s=load.shed_lag_s) \
             if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
                             encoder_precision=self.models.encoder_precision,
