@@ -43,3 +43,17 @@ def test_relais_eval_simulated_on_two_short_clips(model_set, tmp_path, capsys):
     assert abs(prom["first_audio"]["mean_difference_s"]) < 0.5  # transport only, on one machine
     assert (out / "results.md").is_file() and (out / "latency_per_utterance.png").stat().st_size > 1000
     assert eval_dir().is_dir() and elapsed_s < 120
+
+
+def test_relais_eval_stops_at_a_request_the_server_refuses_as_invalid(model_set, tmp_path, capsys):
+    """fr -> fr speech: no voice speaks French. The server refuses the first stream with INVALID_ARGUMENT;
+    the eval says so once, with the server's message and the options it sent, exits 2, and writes no
+    results (instead of a table of twelve identical failures)."""
+    out = tmp_path / "out"
+    manifest = eval_dir() / "fr_en_dev" / "manifest.tsv"
+    rc = main(["eval", "--manifest", str(manifest), "--models", str(model_set.root), "--mode", "simulated",
+               "--to", "fr", "--no-asr", "--no-offline", "--concurrency", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "refused the streams as invalid (INVALID_ARGUMENT)" in err and "no voice speaks 'fr'" in err
+    assert "--to fr" in err and not out.exists()

@@ -138,11 +138,11 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from relais.eval.runner import ProfileError
+    from relais.eval.runner import ProfileError, RequestRefused
 
     try:
         results = evaluate(args, utts, levels, overrides)
-    except ProfileError as exc:
+    except (ProfileError, RequestRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from relais.eval.report import markdown, write
@@ -159,7 +159,7 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
     from relais.eval.prometheus import compare, labelled_mean
     from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
                                      streamed_vs_offline, summarise)
-    from relais.eval.runner import MemorySampler, options_for, scrape, start_server, stream_all
+    from relais.eval.runner import MemorySampler, RequestRefused, options_for, scrape, start_server, stream_all
 
     need_engine = not args.no_offline and any(u.reference for u in utts)
     if args.server is None:
@@ -186,6 +186,9 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                 batch = stream_all(sut.address, utts, options, concurrency=n, mode=args.mode,
                                    desc=f"{args.mode} x{n}", retry_refused_s=args.retry_refused_s)
             after = scrape(sut.metrics_url)
+            if batch.invalid and not any(r.result is not None for r in batch.runs):
+                raise RequestRefused(f"the server refused the streams as invalid (INVALID_ARGUMENT): {batch.invalid} "
+                                     f"(--from {args.source or 'detect'} --to {args.target} --latency {args.latency})")
             figs = [measure(r.result, r.utterance.id, r.utterance.duration_s, args.mode,
                             reference=r.utterance.reference, source_text=r.utterance.source_text,
                             chunk_ms=options.chunk_ms) for r in batch.runs if r.result is not None]

@@ -46,6 +46,7 @@ class BatchRun:
     mode: str
     runs: list[StreamRun] = field(default_factory=list)
     wall_s: float = 0.0
+    invalid: str = ""  # the server refused a stream as INVALID_ARGUMENT before any ran: its message
 
 
 def options_for(mode: str, *, source_language: str, target_language: str, latency_mode: str,
@@ -93,16 +94,23 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
     bar = Progress(len(utterances), desc)
     lock = threading.Lock()
     t0 = time.monotonic()
+    ran: list[bool] = []
 
     def one(utt: Utterance) -> StreamRun:
         first_try, refusals = time.monotonic(), 0
         while True:
+            if batch.invalid:  # the request itself is wrong: every other stream would be refused the same way
+                run = StreamRun(utt, None, f"not run: {batch.invalid}", time.monotonic() - t0, time.monotonic() - t0)
+                break
             started = time.monotonic() - t0
             try:
                 with TranslateClient(address, timeout_s=timeout_s) as client:
                     result = client.translate_file(utt.path, options)
                 run = StreamRun(utt, result, "", started, time.monotonic() - t0, refusals)
+                ran.append(True)
             except Exception as exc:  # noqa: BLE001 - one failed stream is reported, not fatal
+                if _invalid(exc) and not ran:
+                    batch.invalid = batch.invalid or exc.details()
                 if (retry_refused_s and _refused(exc)
                         and time.monotonic() + retry_refused_s - first_try <= RETRY_FOR_S):
                     refusals += 1
@@ -119,6 +127,13 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
         batch.runs = list(pool.map(one, utterances))
     batch.wall_s = time.monotonic() - t0
     return batch
+
+
+def _invalid(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing the request's options (INVALID_ARGUMENT)."""
+    import grpc
+
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _refused(exc: BaseException) -> bool:
@@ -145,6 +160,10 @@ class ServerUnderTest:
 
 class ProfileError(ValueError):
     """--profile overrides the engine cannot take."""
+
+
+class RequestRefused(ValueError):
+    """The server refused the eval's streams as invalid (a language or mode it cannot serve)."""
 
 
 def engine_config(models_dir=None, latency_overrides: dict | None = None):
