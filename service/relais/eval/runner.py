@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import grpc
+
 from relais.client import ClientResult, TranslateClient, TranslateOptions
 from relais.eval.data import Utterance
 from relais.eval.results import MemorySample
@@ -94,7 +96,7 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
     bar = Progress(len(utterances), desc)
     lock = threading.Lock()
     t0 = time.monotonic()
-    ran: list[bool] = []
+    ran = threading.Event()  # some stream was served: an invalid request is that stream's own
 
     def one(utt: Utterance) -> StreamRun:
         first_try, refusals = time.monotonic(), 0
@@ -107,11 +109,12 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
                 with TranslateClient(address, timeout_s=timeout_s) as client:
                     result = client.translate_file(utt.path, options)
                 run = StreamRun(utt, result, "", started, time.monotonic() - t0, refusals)
-                ran.append(True)
+                ran.set()
             except Exception as exc:  # noqa: BLE001 - one failed stream is reported, not fatal
-                if _invalid(exc) and not ran:
+                status = exc.code() if isinstance(exc, grpc.RpcError) else None
+                if status == grpc.StatusCode.INVALID_ARGUMENT and not ran.is_set():
                     batch.invalid = batch.invalid or exc.details()
-                if (retry_refused_s and _refused(exc)
+                if (retry_refused_s and status == grpc.StatusCode.RESOURCE_EXHAUSTED
                         and time.monotonic() + retry_refused_s - first_try <= RETRY_FOR_S):
                     refusals += 1
                     time.sleep(retry_refused_s)
@@ -127,20 +130,6 @@ def stream_all(address: str, utterances: list[Utterance], options: TranslateOpti
         batch.runs = list(pool.map(one, utterances))
     batch.wall_s = time.monotonic() - t0
     return batch
-
-
-def _invalid(exc: BaseException) -> bool:
-    """Whether ``exc`` is the server refusing the request's options (INVALID_ARGUMENT)."""
-    import grpc
-
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether ``exc`` is the server refusing a stream at capacity (worth retrying later)."""
-    import grpc
-
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 # --- the server under test -----------------------------------------------------------------------

@@ -169,8 +169,9 @@ class StreamReport:
             observe(latency)
 
     # -- live view (read by the metrics collector at scrape time) ---------------------------------
-    def lag_s(self, now: float) -> float:
+    def lag_s(self, now: float | None = None) -> float:
         """How long the oldest audio the session has not finished with has been waiting (0: caught up)."""
+        now = time.monotonic() if now is None else now
         pending = self.processed_chunks
         return max(0.0, now - self.arrivals_wall[pending]) if pending < len(self.arrivals_wall) else 0.0
 

@@ -257,7 +257,7 @@ class StreamHost:
         reader = asyncio.create_task(_read_audio(chunks, plan.decoder, report, queue, ticket))
         self.metrics.live.add(report)
         session.calls.ahead_of_real_time = report.ahead_of_real_time_s  # real-time streams' calls go first
-        session.calls.behind_real_time = lambda: report.lag_s(time.monotonic())  # load shedding: falling behind?
+        session.calls.behind_real_time = report.lag_s  # load shedding: has it fallen behind?
         try:
             ended, taken = False, 0
             while not ended:
