@@ -118,9 +118,11 @@ def test_results_write_every_section(tmp_path):
     from relais.eval.report import markdown, write
     from relais.eval.results import (ConcurrencyLevel, EvalResults, MemorySample, OfflineResults, OfflineRow,
                                      OfflineSummary, Quality, RunMeta, max_concurrency_under, memory_summary,
-                                     streamed_vs_offline)
+                                     speech_vs_text, streamed_vs_offline)
 
     f = measure(_result(), "u", 2.0, "realtime", reference="hello there my world")
+    assert speech_vs_text([f]) is None  # no ASR ran
+    f.asr_text = "hello there world"  # the ASR heard the translation as it was written
     levels = [ConcurrencyLevel(1, 1, 0, 0.5, 0.7, 0.4, 1.8, 1.8, 4.0, 12.5, 0.0, 12.5),
               ConcurrencyLevel(2, 1, 0, 0.9, 3.5, 0.4, 2.0, 2.0, 5.0, 11.9, 0.25, 12.5, refusals=3)]
     meta = RunMeta("m.tsv", "2026-01-01T00:00:00", "cpu", "in-process", "realtime", "balanced", "fr", "en", 100,
@@ -130,13 +132,14 @@ def test_results_write_every_section(tmp_path):
     results = EvalResults(meta, summarise([f]), [f], {"v": "RpcError: boom"},
                           memory_summary([MemorySample(0.0, 400 * 2**20), MemorySample(60.0, 460 * 2**20)]),
                           compare(None, None), offline, levels, 3.0, max_concurrency_under(levels, 3.0),
-                          streamed_vs_offline([f], offline))
+                          streamed_vs_offline([f], offline), speech_vs_text([f]))
     write(results, tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
     docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
     reference = json.loads((docs / "eval-fr_en_dev-realtime" / "results.json").read_text())
     # the recorded runs' keys are all still there; new ones are additions
-    assert set(data) - set(reference) <= {"bleu_streamed_minus_offline"} and set(data) >= set(reference)
+    assert set(data) - set(reference) <= {"bleu_streamed_minus_offline", "asr_bleu_minus_bleu"}
+    assert set(data) >= set(reference)
     assert set(data["summary"]) >= set(reference["summary"]) - {"asr_chrf"} and data["summary"]["concurrency"] == 1
     assert set(data["utterances"][0]) - set(reference["utterances"][0]) == {"timeline", "degraded_fraction"}
     assert set(data["utterances"][0]) >= set(reference["utterances"][0])
@@ -158,9 +161,33 @@ def test_results_write_every_section(tmp_path):
     assert "| streamed |" in text and "| offline (same models) | 10.0 |" in text and "largest N within it: **1**" in text
     assert "BLEU streamed − offline: " in text and "paired bootstrap, 1000 resamples of 1 utterances" in text
     assert "latency balanced ·" in text
+    speech = data["asr_bleu_minus_bleu"]
+    assert speech["difference"] == 0 and not speech["excludes_zero"] and speech["n_utterances"] == 1
+    assert "ASR-BLEU − BLEU (streamed speech vs its text): +0.0" in text
     assert "400 -> 460 MB" in text
     assert {p.name for p in tmp_path.glob("*.png")} == {"latency_per_utterance.png", "memory_over_time.png",
                                                         "lag_vs_concurrency.png"}
+
+
+def test_speech_vs_text_scores_what_the_asr_heard_against_the_text():
+    """ASR-BLEU − BLEU is paired per utterance: speech that loses words on every clip is a significant loss."""
+    from dataclasses import replace
+
+    from relais.eval.results import speech_vs_text
+
+    base = measure(_result(), "u", 2.0, "realtime", reference="x")
+    sentences = ["the building is heated with the help of solar panels",
+                 "he also described certain species of plants in the valley",
+                 "the castle belongs to the noble family of the town",
+                 "it indicates the value of the slope of the road"]
+    figs = []
+    for i, ref in enumerate(sentences):
+        words = ref.split()
+        heard = " ".join(words[:3] + ["uh"] + words[4:])  # the ASR mishears the fourth word of each
+        figs.append(replace(base, id=f"u{i}", reference=ref, translation=ref, asr_text=heard))
+    d = speech_vs_text(figs)
+    assert d.bleu_b == pytest.approx(100.0) and d.bleu_a < 70 and d.ci_high < 0 and d.excludes_zero
+    assert d.n_utterances == 4
 
 
 def test_labelled_mean_is_the_mean_of_one_labelled_series_between_two_scrapes():

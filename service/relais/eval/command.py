@@ -158,7 +158,7 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
     from relais.eval.measure import measure
     from relais.eval.prometheus import compare, labelled_mean
     from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
-                                     streamed_vs_offline, summarise)
+                                     speech_vs_text, streamed_vs_offline, summarise)
     from relais.eval.runner import MemorySampler, RequestRefused, options_for, scrape, start_server, stream_all
 
     need_engine = not args.no_offline and any(u.reference for u in utts)
@@ -224,4 +224,5 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
         prometheus_vs_client=prom, offline=offline, concurrency=sweep,
         lag_bound_s=args.lag_bound_s if sweep else None,
         max_concurrency_under_bound=max_concurrency_under(sweep, args.lag_bound_s) if sweep else None,
-        bleu_difference=streamed_vs_offline(main_figs, offline, args.target))
+        bleu_difference=streamed_vs_offline(main_figs, offline, args.target),
+        asr_bleu_difference=speech_vs_text(main_figs, args.target))

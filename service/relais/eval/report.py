@@ -29,10 +29,10 @@ def latency_label(mode: str, overrides: dict) -> str:
     return mode + (" + " + ", ".join(f"{k}={v}" for k, v in overrides.items()) if overrides else "")
 
 
-def bleu_difference_line(d: BleuDifference) -> str:
+def bleu_difference_line(d: BleuDifference, what: str = "BLEU streamed − offline") -> str:
     verdict = ("the interval excludes 0" if d.excludes_zero
                else "the interval includes 0: no significant difference")
-    return (f"BLEU streamed − offline: {d.difference:+.1f} (bootstrap mean {d.mean_difference:+.1f}, "
+    return (f"{what}: {d.difference:+.1f} (bootstrap mean {d.mean_difference:+.1f}, "
             f"{d.confidence:.0%} CI {d.ci_low:+.1f} to {d.ci_high:+.1f}; paired bootstrap, {d.n_resamples} "
             f"resamples of {d.n_utterances} utterances, seed {d.seed}): {verdict}")
 
@@ -54,6 +54,8 @@ def markdown(results: EvalResults) -> str:
                      f"{_f(off.quality.chrf, 1)} | – | – | – | – | – | {_f(off.rtf)} | – | – | {off.n_utterances} |")
     if results.bleu_difference is not None:
         lines += ["", bleu_difference_line(results.bleu_difference)]
+    if results.asr_bleu_difference is not None:
+        lines += ["", bleu_difference_line(results.asr_bleu_difference, "ASR-BLEU − BLEU (streamed speech vs its text)")]
     lines += ["", f"AP {_f(s.ap, 3)} · DAL {_f(s.dal_s)} s · ATD text {_f(s.atd_text_s)} s · "
                   f"ATD speech {_f(s.atd_speech_s)} s · discontinuities {_f(s.discontinuities, 1)} per "
                   f"utterance, {_f(s.discontinuity_s)} s · source WER {_f(q.source_wer, 3)} · "

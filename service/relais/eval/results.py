@@ -216,6 +216,19 @@ def streamed_vs_offline(figs: list[UtteranceFigures], offline: OfflineResults | 
                                  [f.reference for f, _ in pairs], norm, n_resamples=n_resamples, seed=seed)
 
 
+def speech_vs_text(figs: list[UtteranceFigures], target_language: str = "en", n_resamples: int = 1000,
+                   seed: int = 12345) -> BleuDifference | None:
+    """ASR-BLEU - BLEU of the streamed output with its paired bootstrap 95 % interval: what the spoken
+    translation loses against its own text (the voice, its speaking rate and the ASR together), over the
+    utterances :func:`quality` scores. None when ASR did not run (or heard nothing at all)."""
+    norm = normalise_en if target_language == "en" else normalise
+    rows = [f for f in figs if f.reference]
+    if not any(f.asr_text for f in rows):
+        return None
+    return paired_bootstrap_bleu([f.asr_text for f in rows], [f.translation for f in rows],
+                                 [f.reference for f in rows], norm, n_resamples=n_resamples, seed=seed)
+
+
 @dataclass(frozen=True)
 class RunMeta:
     manifest: str
@@ -248,6 +261,7 @@ class EvalResults:
     lag_bound_s: float | None = None
     max_concurrency_under_bound: int | None = None
     bleu_difference: BleuDifference | None = None  # streamed - offline, paired bootstrap
+    asr_bleu_difference: BleuDifference | None = None  # streamed ASR-BLEU - BLEU, paired bootstrap
 
     def to_dict(self) -> dict:
         out: dict = {"meta": asdict(self.meta)}
@@ -255,6 +269,8 @@ class EvalResults:
             out["offline"] = self.offline.to_dict()
         if self.bleu_difference is not None:
             out["bleu_streamed_minus_offline"] = self.bleu_difference.to_dict()
+        if self.asr_bleu_difference is not None:
+            out["asr_bleu_minus_bleu"] = self.asr_bleu_difference.to_dict()
         out.update(summary=self.summary.to_dict(), utterances=[f.to_dict() for f in self.utterances],
                    errors=dict(self.errors))
         if len(self.concurrency) > 1:
