@@ -554,3 +554,32 @@ def test_eval_client_backs_off_and_retries_a_refused_stream(model_set):
     failed = [r for r in once.runs if r.result is None]
     assert len(failed) == 1 and "RESOURCE_EXHAUSTED" in failed[0].error and "max_sessions" in failed[0].error
     assert failed[0].refusals == 0
+
+
+def test_a_day_long_stream_keeps_a_bounded_arrival_record_and_its_lag_stays_right():
+    """StreamReport keeps chunk arrivals for ARRIVALS_KEEP_S of source time only (a 24/7 stream must not
+    grow without bound), and lag_s and wall_of still answer from what is kept: the oldest chunk the
+    session has not finished with is never forgotten."""
+    from relais.server.report import ARRIVALS_KEEP_S
+
+    report = StreamReport()
+    chunks = int(24 * 3600 / 0.1)  # a day of 100 ms chunks, sent in real time from wall 1000
+    for i in range(chunks):
+        report.arrived(0.1 * (i + 1), wall=1000.0 + 0.1 * i)
+        report.processed(i + 1)
+    kept = len(report.arrivals_s)
+    assert kept <= 2 * ARRIVALS_KEEP_S / 0.1 + 1 and len(report.arrivals_wall) == kept
+    assert report.arrivals_dropped + kept == chunks
+    end_wall = 1000.0 + 0.1 * chunks
+    assert report.lag_s(now=end_wall) == 0.0  # caught up
+    assert report.wall_of(0.1 * chunks - 5.0) == pytest.approx(end_wall - 5.1)  # a commit 5 s back
+    # The session stalls: chunks keep arriving for ten minutes but none is processed. The pending ones
+    # are kept (however old), so the lag is the true age of the oldest unprocessed chunk.
+    stalled_at = chunks
+    for i in range(chunks, chunks + 6000):
+        report.arrived(0.1 * (i + 1), wall=1000.0 + 0.1 * i)
+    assert report.lag_s(now=1000.0 + 0.1 * (chunks + 6000)) == pytest.approx(600.0)
+    report.processed(stalled_at + 5990)
+    assert report.lag_s(now=1000.0 + 0.1 * (chunks + 6000)) == pytest.approx(1.0)
+    report.arrived(0.1 * (chunks + 6001), wall=1000.0 + 0.1 * (chunks + 6000))
+    assert len(report.arrivals_s) <= 2 * ARRIVALS_KEEP_S / 0.1 + 1  # the stall's backlog is let go once processed

@@ -68,6 +68,9 @@ class StreamSummary:
 
 
 REAL_TIME_SLACK_S = 1.0  # audio this far ahead of real time still counts as sent in real time
+# Chunk arrivals are kept for this much source time (longer than any utterance, whose onset and
+# commits are looked up in them), so a stream that runs for days keeps a bounded record.
+ARRIVALS_KEEP_S = 120.0
 
 
 @dataclass
@@ -83,8 +86,9 @@ class StreamReport:
     stats: StreamStats = field(default_factory=StreamStats)
     audio_in_s: float = 0.0  # pipeline audio pushed into the session
     first_audio_wall: float | None = None
-    arrivals_s: list[float] = field(default_factory=list)  # source seconds received after each chunk
+    arrivals_s: list[float] = field(default_factory=list)  # source seconds received after each recent chunk
     arrivals_wall: list[float] = field(default_factory=list)
+    arrivals_dropped: int = 0  # chunks whose arrival was forgotten (older than ARRIVALS_KEEP_S)
     processed_chunks: int = 0  # chunks the session has finished with
     first_text_latencies_s: list[float] = field(default_factory=list)
     first_audio_latencies_s: list[float] = field(default_factory=list)
@@ -100,13 +104,19 @@ class StreamReport:
             self.first_audio_wall = wall
         self.arrivals_s.append(source_s)
         self.arrivals_wall.append(wall)
+        if self.arrivals_s[0] < source_s - 2 * ARRIVALS_KEEP_S:  # forget in batches, not on every chunk
+            cut = bisect.bisect_left(self.arrivals_s, source_s - ARRIVALS_KEEP_S)
+            cut = min(cut, self.processed_chunks - self.arrivals_dropped)  # lag_s still needs the pending ones
+            del self.arrivals_s[:cut], self.arrivals_wall[:cut]
+            self.arrivals_dropped += cut
 
     def processed(self, chunks: int) -> None:
         """The session has finished with the first ``chunks`` chunks that arrived."""
         self.processed_chunks = chunks
 
     def wall_of(self, source_s: float) -> float:
-        """Wall time at which source time ``source_s`` had arrived."""
+        """Wall time at which source time ``source_s`` had arrived (for source time older than the
+        arrivals kept, the oldest kept one: the lag it gives is then a lower bound)."""
         i = bisect.bisect_left(self.arrivals_s, source_s - 1e-6)
         return self.arrivals_wall[min(i, len(self.arrivals_wall) - 1)] if self.arrivals_wall else time.monotonic()
 
@@ -172,7 +182,7 @@ class StreamReport:
     def lag_s(self, now: float | None = None) -> float:
         """How long the oldest audio the session has not finished with has been waiting (0: caught up)."""
         now = time.monotonic() if now is None else now
-        pending = self.processed_chunks
+        pending = self.processed_chunks - self.arrivals_dropped
         return max(0.0, now - self.arrivals_wall[pending]) if pending < len(self.arrivals_wall) else 0.0
 
     def backlog_s(self, now: float) -> float:
