@@ -64,3 +64,15 @@ def test_overrides_are_recorded_in_results_json_and_the_markdown_header(tmp_path
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["latency_overrides"] == \
         {"policy": "alignatt", "step_s": 0.5}
     assert " · latency balanced + policy=alignatt, step_s=0.5 · " in (tmp_path / "results.md").read_text()
+
+
+def test_the_speech_ramp_is_a_profile_key_that_reaches_the_speaker():
+    """speedup_from_s / speedup_full_s / min_length_factor: the backlog ramp of the speaking rate."""
+    from relais.pipeline.engine import LATENCY_PROFILES
+
+    profile = LATENCY_PROFILES["balanced"].with_overrides(parse_profile("speedup_from_s=1.5,speedup_full_s=4"))
+    speech = profile.speech_settings()
+    assert (speech.speedup_from_s, speech.speedup_full_s) == (1.5, 4.0)
+    assert speech.length_factor(1.5) == 1.0 and speech.length_factor(4.0) == pytest.approx(profile.min_length_factor)
+    with pytest.raises(ValueError, match="speedup_from_s < speedup_full_s"):
+        LATENCY_PROFILES["balanced"].with_overrides({"speedup_from_s": 3.0})

@@ -2,8 +2,8 @@
 when words are spoken (playback idle or phrase complete), the playback estimate, the
 backlog-driven speaking rate and the silence trim.
 
-Piper samples phoneme durations, so the same text differs by a few percent between
-calls; duration comparisons leave room for that and no more.
+The prepared voice's noise is fixed (docs/models.md), so the same text at the same rate is
+the same audio; comparisons across rates leave room for Piper's rounding of durations.
 """
 
 from __future__ import annotations
@@ -181,8 +181,8 @@ def test_playback_estimate_follows_max_of_previous_end_and_now(voice):
 
 def test_length_factor_ramps_from_one_to_the_floor():
     settings = SpeechSettings()
-    assert settings.length_factor(0.0) == settings.length_factor(0.5) == 1.0
-    assert settings.length_factor(1.75) == pytest.approx(0.9)
+    assert settings.length_factor(0.0) == settings.length_factor(1.5) == 1.0  # small backlogs: the voice's rate
+    assert settings.length_factor(2.25) == pytest.approx(0.9)
     assert settings.length_factor(3.0) == pytest.approx(0.8)
     factors = [settings.length_factor(b) for b in np.linspace(0, 20, 201)]
     assert all(a >= b for a, b in pairwise(factors)) and min(factors) == pytest.approx(0.8)
@@ -203,7 +203,7 @@ def test_a_large_backlog_speaks_faster_but_never_past_the_floor(voice, caplog):
     with caplog.at_level(logging.DEBUG, logger="relais.pipeline.speaker"):
         calm = np.mean([spoken_s(0.0) for _ in range(3)])
         rushed = np.mean([spoken_s(30.0) for _ in range(3)])
-        spoken_s(1.75)
+        spoken_s(2.25)
         unhurried = np.mean([spoken_s(30.0, min_length_factor=1.0) for _ in range(3)])
     scales = [r.args[-1] for r in caplog.records if r.name == "relais.pipeline.speaker"]
     assert scales == pytest.approx([1.0] * 3 + [0.8] * 3 + [0.9] + [1.0] * 3)  # x the voice's own 1.0

@@ -50,7 +50,8 @@ class LatencyProfile:
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
     idle_backlog_s: float = 0.25  # speech: speak waiting words at once when less than this is left to play
     min_length_factor: float = 0.8  # speech: fastest speaking rate under backlog (x the voice's length scale)
-    speedup_full_s: float = 3.0  # speech: the backlog at which that rate is reached (faster from 0.5 s on)
+    speedup_from_s: float = 1.5  # speech: the backlog from which it speaks faster than the voice's rate
+    speedup_full_s: float = 3.0  # speech: the backlog at which min_length_factor is reached
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -67,7 +68,7 @@ class LatencyProfile:
 
     def speech_settings(self) -> SpeechSettings:
         return SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor,
-                              speedup_full_s=self.speedup_full_s)
+                              speedup_from_s=self.speedup_from_s, speedup_full_s=self.speedup_full_s)
 
     def with_overrides(self, overrides: dict[str, object]) -> LatencyProfile:
         """A copy with some fields changed (values converted to the field's type); a clear error otherwise."""

@@ -12,7 +12,7 @@ backlog is ``max(0, playback_end_s - now)``. The rule:
 - utterance end or end of stream: speak everything.
 
 The speaking rate follows the backlog: Piper's length scale is the voice's own times a
-factor falling linearly from 1 at ``speedup_from_s`` of backlog to ``min_length_factor``
+factor falling linearly from 1 at ``speedup_from_s`` (1.5 s) of backlog to ``min_length_factor``
 at ``speedup_full_s`` and beyond. Each phrase's leading and trailing silence is trimmed.
 ``Speaker`` holds the shared voice and these rules; ``SpeakerState`` the words still
 waiting, the source span they translate and the playback estimate.
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SpeechSettings:
     idle_backlog_s: float = 0.25  # less audio than this left to play (about one TTS call): speak what waits
-    speedup_from_s: float = 0.5  # backlog where speech starts to get faster
+    speedup_from_s: float = 1.5  # backlog where speech starts to get faster (below: the voice's own rate)
     speedup_full_s: float = 3.0  # backlog where it reaches min_length_factor
     min_length_factor: float = 0.8  # fastest length scale, x the voice's (0.8: 25% faster); 1.0: never faster
     trim_silence: bool = True  # cut the silence Piper pads each phrase with
