@@ -160,6 +160,8 @@ def _check_onnx(model, onnx_path: Path, num_speakers: int) -> None:
         raise ExportError(f"{onnx_path}: output 'output' must be float audio")
 
 
+# Random ops fix_noise does not rewrite (VITS voices use RandomNormalLike only).
+_OTHER_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 NOISE_SEED = 20261130
 NOISE_VALUES = 1 << 20  # 4 MB of float32; tiled for a call that needs more (> ~60 s of audio)
 
@@ -234,6 +236,10 @@ def prepare_piper_voice(onnx_path: str | Path, json_path: str | Path, out_dir: s
         raise ExportError(f"{onnx_path} is not a readable ONNX file: {exc}") from exc
     _check_onnx(model, onnx_path, facts["num_speakers"])
     fixed = fix_noise(model)
+    still_random = sorted({n.op_type for n in model.graph.node if n.op_type in _OTHER_RANDOM_OPS})
+    if still_random:
+        log.warning("%s still draws random numbers with %s: its speech will vary from call to call",
+                    onnx_path.name, ", ".join(still_random))
 
     name = onnx_path.name[: -len(".onnx")] if onnx_path.name.endswith(".onnx") else onnx_path.stem
     source_sha256 = sha256_file(onnx_path)
