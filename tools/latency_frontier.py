@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relais.console import LATENCY_CHOICES
-from relais.eval.scores import BleuDifference, normalise, normalise_en, paired_bootstrap_bleu
+from relais.eval.scores import BleuDifference, normaliser_for, paired_bootstrap_bleu
 
 DEFAULT_CONFIGS = ("low=low", "balanced=balanced", "quality=quality")
 
@@ -115,7 +115,7 @@ def attach_differences(points: list[FrontierPoint]) -> FrontierPoint | None:
         ids = [i for i in p.streamed if i in base.offline]
         if not ids:
             continue
-        norm = normalise_en if p.meta.get("target_language", "en") == "en" else normalise
+        norm = normaliser_for(p.meta.get("target_language", "en"))
         p.bleu_difference = paired_bootstrap_bleu([p.streamed[i][0] for i in ids], [base.offline[i][0] for i in ids],
                                                   [p.streamed[i][1] for i in ids], norm)
     return base

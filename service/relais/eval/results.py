@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from relais.eval.latency import linear_slope, percentile
 from relais.eval.measure import UtteranceFigures
 from relais.eval.prometheus import MetricComparison
-from relais.eval.scores import BleuDifference, bleu, chrf, normalise, normalise_en, paired_bootstrap_bleu, wer
+from relais.eval.scores import BleuDifference, bleu, chrf, normaliser_for, paired_bootstrap_bleu, wer
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Quality:
 
 
 def quality(figs: list[UtteranceFigures], target_language: str = "en") -> Quality:
-    norm = normalise_en if target_language == "en" else normalise
+    norm = normaliser_for(target_language)
     with_ref = [f for f in figs if f.reference]
     q = Quality(n_with_reference=len(with_ref))
     if with_ref:
@@ -207,7 +207,7 @@ def streamed_vs_offline(figs: list[UtteranceFigures], offline: OfflineResults | 
     that both runs translated (same normaliser and scorer as :func:`quality`)."""
     if offline is None:
         return None
-    norm = normalise_en if target_language == "en" else normalise
+    norm = normaliser_for(target_language)
     rows = {r.id: r for r in offline.utterances}
     pairs = [(f, rows[f.id]) for f in figs if f.reference and f.id in rows]
     if not pairs:
@@ -221,7 +221,7 @@ def speech_vs_text(figs: list[UtteranceFigures], target_language: str = "en", n_
     """ASR-BLEU - BLEU of the streamed output with its paired bootstrap 95 % interval: what the spoken
     translation loses against its own text (the voice, its speaking rate and the ASR together), over the
     utterances :func:`quality` scores. None when ASR did not run (or heard nothing at all)."""
-    norm = normalise_en if target_language == "en" else normalise
+    norm = normaliser_for(target_language)
     rows = [f for f in figs if f.reference]
     if not any(f.asr_text for f in rows):
         return None

@@ -52,6 +52,11 @@ def normalise_en(text: str) -> str:
 Normaliser = Callable[[str], str]
 
 
+def normaliser_for(language: str) -> Normaliser:
+    """How text in ``language`` is normalised before scoring: Whisper's English rules for English."""
+    return normalise_en if language == "en" else normalise
+
+
 def bleu(hypotheses: list[str], references: list[str], normaliser: Normaliser = normalise) -> float:
     import sacrebleu
 
