@@ -58,6 +58,10 @@ def test_config_defaults_file_then_env(tmp_path):
     ("", {"RELAIS_RUNTIME_PROVIDERS": "gpu"}, r"runtime.providers: unknown provider\(s\) \['gpu'\]"),
     ("models:\n  precision: fp8\n", {}, "models.precision: must be one of"),
     ("", {"RELAIS_RUNTIME_HEAP_TRIM_S": "-1"}, r"runtime.heap_trim_s: must be >= 0 seconds \(0 = off\), got -1.0"),
+    ("", {"RELAIS_RUNTIME_VOICE_PROVIDERS": "gpu"}, r"runtime.voice_providers: unknown provider\(s\) \['gpu'\]"),
+    ("runtime: {voice_providers: []}\n", {}, r"runtime.voice_providers: must name at least one provider"),
+    ("", {"RELAIS_RUNTIME_CUDNN_CONV_ALGO_SEARCH": "fastest"},
+     r"runtime.cudnn_conv_algo_search: must be one of \['heuristic', 'exhaustive', 'default'\], got 'fastest'"),
 ])
 def test_config_errors_name_the_key(tmp_path, yaml_text, env, message):
     path = tmp_path / "relais.yaml"
@@ -86,6 +90,35 @@ def test_config_rules_are_defined_once():
             RuntimeConfig(**kwargs)
         assert str(from_config.value) == str(from_runtime.value)
 
+
+
+def test_gpu_runtime_settings_reach_the_providers():
+    """What the CUDA provider is given (cuDNN's algorithm search: heuristic unless configured) and
+    which providers the voice gets (the CPU unless runtime.voice_providers says otherwise)."""
+    from relais.runtime.ort import _provider_options
+
+    for env, expected in (({}, "HEURISTIC"), ({"RELAIS_RUNTIME_CUDNN_CONV_ALGO_SEARCH": "exhaustive"}, "EXHAUSTIVE")):
+        config = load_config(env=env)
+        options = _provider_options("cuda", config.runtime.runtime_config())
+        assert options == {"device_id": 0, "cudnn_conv_algo_search": expected}
+    assert load_config(env={}).engine_config().voice_providers == ("cpu",)
+    engine = load_config(env={"RELAIS_RUNTIME_VOICE_PROVIDERS": "cuda,cpu"}).engine_config()
+    assert engine.voice_providers == ("cuda", "cpu") and engine.runtime.providers == ("tensorrt", "cuda", "cpu")
+
+
+def test_the_voice_runs_on_its_own_providers(model_set):
+    """The engine opens the voice with runtime.voice_providers, not the models' chain: a provider
+    this host lacks, named for the voice alone, fails the voice (and says which provider)."""
+    from relais.pipeline.engine import EngineConfig, TranslationEngine
+    import onnxruntime as ort
+
+    from relais.runtime.ort import RuntimeConfig
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has TensorRT: the voice would load")
+    with pytest.raises(RuntimeError, match=r"none of the configured providers \['tensorrt'\] is available"):
+        TranslationEngine(EngineConfig(models_dir=model_set.root, runtime=RuntimeConfig(providers=("cpu",)),
+                                       voice_providers=("tensorrt",)))
 
 
 def test_cpu_memory_arena_is_off_unless_configured(tmp_path):

@@ -33,6 +33,7 @@ from relais.eval.data import default_eval_dir, read_manifest
 from relais.eval.machine import machine
 from relais.models.manifest import default_models_dir
 from relais.runtime.whisper import GreedyRequest, WhisperModel
+from relais.server.config import load_config
 
 BATCHES = (1, 2, 4, 8)
 
@@ -99,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write a markdown table here")
     args = p.parse_args(argv)
     models = args.models_dir or default_models_dir()
-    model = WhisperModel(models / "whisper-base", args.precision)
+    # the server's providers (RELAIS_RUNTIME_PROVIDERS=cuda,cpu on a GPU, else the default chain)
+    model = WhisperModel(models / "whisper-base", args.precision, load_config(None).runtime.runtime_config())
     eval_dir = default_eval_dir()
     utt = max(read_manifest(eval_dir / "fr_en_dev" / "manifest.tsv"), key=lambda u: u.duration_s)
     audio = load_audio_16k(utt.path)[: int(args.audio_s * 16000)]
     rows = bench_whisper(model, audio, args.context_tokens, args.runs)
     lines = [f"# Batched model calls on {machine()}", "",
-             f"whisper-base {args.precision}, ONNX Runtime CPU; {args.audio_s:g} s of speech (+1 s pad) per encoder "
+             f"whisper-base {args.precision}, ONNX Runtime {model.encoder.provider.upper()}; {args.audio_s:g} s of speech "
+             f"(+1 s pad) per encoder "
              f"row ({utt.id}); one cached decoder step after {args.context_tokens} tokens; median of {args.runs} "
              f"calls each. Rows are identical copies (no padding): an upper bound for cross-stream batching.", "",
              "| batch | encoder call (ms) | encoder rows/s | audio s encoded / s | gain | decoder step (ms) | "

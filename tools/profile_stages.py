@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from relais.audio.files import load_audio_16k
 from relais.eval.command import parse_profile
 from relais.eval.data import default_eval_dir, read_manifest
 from relais.eval.machine import machine
-from relais.pipeline.engine import LATENCY_PROFILES, EngineConfig, TranslationEngine
+from relais.pipeline.engine import LATENCY_PROFILES, TranslationEngine
+from relais.server.config import load_config
 
 CHUNK = 1600  # 100 ms at 16 kHz
 
@@ -39,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", dest="target", default="en")
     args = p.parse_args(argv)
     manifest = args.manifest or default_eval_dir() / "fr_en_dev" / "manifest.tsv"
-    engine = TranslationEngine(EngineConfig(models_dir=args.models, encoder_precision=args.encoder_precision,
-                                            latency_overrides=parse_profile(args.profile, args.latency)))
+    # the server's settings (RELAIS_RUNTIME_PROVIDERS and the other RELAIS_* variables too)
+    server = load_config(None).engine_config()
+    engine = TranslationEngine(dataclasses.replace(server, models_dir=args.models or server.models_dir,
+                                                   encoder_precision=args.encoder_precision,
+                                                   latency_overrides=parse_profile(args.profile, args.latency)))
     engine.warm_up()
     spent: collections.Counter[str] = collections.Counter()
     calls: collections.Counter[str] = collections.Counter()
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             session.push_audio(audio[i:i + CHUNK])
         session.finish()
     wall = time.perf_counter() - start
-    print(f"{machine()}; {manifest}; Whisper {engine.whisper.precision_label}; latency {args.latency} {args.profile or ''}")
+    print(f"{machine()}; {manifest}; Whisper {engine.whisper.precision_label} on {engine.whisper.encoder.provider}; latency {args.latency} {args.profile or ''}")
     print(f"source {source_s:.1f} s, wall {wall:.1f} s, RTF {wall / source_s:.3f}")
     print("| stage | compute (s) | RTF | calls | ms per call |\n|---|---|---|---|---|")
     for stage, seconds in spent.most_common():

@@ -41,21 +41,33 @@ class RuntimeConfig:
     # (audio length, decoder prefix) it held 100-190 MB more and grew up to 6-8 MB per minute of speech
     # (docs/benchmarks.md, "Memory growth of one long stream"); off, throughput was within noise.
     cpu_mem_arena: bool = False
+    # How cuDNN picks a convolution algorithm for each new input shape (CUDA provider). ONNX Runtime's
+    # default, exhaustive, times every algorithm at each new shape; a stream's shapes never repeat (each
+    # phrase the voice speaks, each audio window), so on an H200 the voice took 1.27 s per phrase and
+    # the pipeline ran slower than real time (docs/benchmarks.md, "On a GPU"). heuristic: cuDNN's pick.
+    cudnn_conv_algo_search: str = "heuristic"
 
     def __post_init__(self):
-        check_runtime(self.providers, self.intra_op_threads)
+        check_runtime(self.providers, self.intra_op_threads, self.cudnn_conv_algo_search)
 
 
-def check_runtime(providers: tuple[str, ...], intra_op_threads: int) -> None:
+CONV_ALGO_SEARCH = {"heuristic": "HEURISTIC", "exhaustive": "EXHAUSTIVE", "default": "DEFAULT"}
+
+
+def check_runtime(providers: tuple[str, ...], intra_op_threads: int, cudnn_conv_algo_search: str = "heuristic",
+                  key: str = "runtime.providers") -> None:
     """The runtime settings' rules (a ValueError naming the key), shared with the server config."""
     if not providers:
-        raise ValueError(f"runtime.providers: must name at least one provider (e.g. [cpu]), got {list(providers)}")
+        raise ValueError(f"{key}: must name at least one provider (e.g. [cpu]), got {list(providers)}")
     unknown = [p for p in providers if p not in PROVIDER_ALIASES]
     if unknown:
-        raise ValueError(f"runtime.providers: unknown provider(s) {unknown}; choose from "
+        raise ValueError(f"{key}: unknown provider(s) {unknown}; choose from "
                          f"{sorted(PROVIDER_ALIASES)}, got {list(providers)}")
     if intra_op_threads < 0:
         raise ValueError(f"runtime.intra_op_threads: must be >= 0 (0 = ONNX Runtime default), got {intra_op_threads}")
+    if cudnn_conv_algo_search not in CONV_ALGO_SEARCH:
+        raise ValueError(f"runtime.cudnn_conv_algo_search: must be one of {list(CONV_ALGO_SEARCH)}, "
+                         f"got {cudnn_conv_algo_search!r}")
 
 
 def check_precision(value: str, *, allow_auto: bool = True, key: str = "models.precision") -> str:
@@ -162,8 +174,26 @@ def _provider_options(name: str, cfg: RuntimeConfig) -> dict:
             )
         return opts
     if name == "cuda":
-        return {"device_id": cfg.device_id}
+        return {"device_id": cfg.device_id, "cudnn_conv_algo_search": CONV_ALGO_SEARCH[cfg.cudnn_conv_algo_search]}
     return {}
+
+
+_preloaded = False
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN before the first GPU session, from pip's nvidia-* packages beside
+    onnxruntime-gpu (``pip install 'onnxruntime-gpu[cuda,cudnn]'``) or else the loader's search
+    path: without it, the CUDA provider fails to load unless torch was imported first, and ONNX
+    Runtime falls back to the CPU with only a printed warning. Once per process."""
+    global _preloaded
+    if _preloaded or not hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
+        return
+    _preloaded = True
+    try:
+        ort.preload_dlls()
+    except Exception as exc:  # noqa: BLE001 - the session's own provider check reports what is missing
+        log.warning("could not preload the CUDA libraries: %s", exc)
 
 
 def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> LoadedSession:
@@ -181,6 +211,8 @@ def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> Loaded
             f"none of the configured providers {list(cfg.providers)} is available "
             f"(this onnxruntime has {sorted(available)})"
         )
+    if chain[0] in ("tensorrt", "cuda"):
+        _preload_cuda_libraries(ort)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if cfg.intra_op_threads:
@@ -191,6 +223,9 @@ def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> Loaded
     active = session.get_providers()[0]
     short = next(k for k, v in PROVIDER_ALIASES.items() if v == active)
     log.info("loaded %s on %s (asked for %s)", os.path.basename(path), short, ",".join(cfg.providers))
+    if short != chain[0]:  # ONNX Runtime fell back (a GPU provider that failed to load): say so, once per file
+        log.warning("%s runs on %s, not on %s, which this onnxruntime lists but could not start (see its "
+                    "messages above)", os.path.basename(path), short, chain[0])
     return LoadedSession(
         session=session,
         provider=short,

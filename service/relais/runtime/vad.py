@@ -139,7 +139,9 @@ class SileroVad:
         if path.is_dir():
             path = path / MODEL_FILE
         # A tiny recurrent model run on 32 ms windows: extra threads only add overhead.
-        self.loaded = create_session(path, runtime or RuntimeConfig(intra_op_threads=1))
+        # On the CPU even on a GPU host: one call per 32 ms frame is all launch and copy overhead on a GPU
+        # (2.2 ms a call on an H200 against 0.55 ms on one EPYC core; docs/benchmarks.md, "On a GPU").
+        self.loaded = create_session(path, runtime or RuntimeConfig(providers=("cpu",), intra_op_threads=1))
         self.facts: ModelFacts = session_metadata(self.loaded.session, self.loaded.path)
         if self.facts.require("model_type") != "silero_vad":
             raise ValueError(f"{path} is a {self.facts.get('model_type')!r} model, not silero_vad")

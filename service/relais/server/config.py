@@ -4,7 +4,8 @@
                send_timeout_s, max_backlog_s, max_message_mb, keepalive_time_s, keepalive_timeout_s,
                keepalive_min_client_ping_s, drain_grace_s, worker_threads, metrics_created_series}
     models:   {dir, precision, encoder_precision}
-    runtime:  {providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, heap_trim_s}
+    runtime:  {providers, voice_providers, intra_op_threads, trt_cache_dir, cpu_mem_arena, cudnn_conv_algo_search,
+               heap_trim_s}
     tls:      {cert_file, key_file, client_ca_file, require_client_cert}   (relais.server.tls)
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
     load:     {shed_wait_s, shed_lag_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s, max_batch,
@@ -102,19 +103,25 @@ class ModelsSection:
 @dataclass(frozen=True)
 class RuntimeSection:
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # tried in order; missing ones are skipped
+    # The voice's providers. CPU by default even on a GPU host: on an H200 the Piper voice took 326 ms
+    # a phrase through the CUDA provider against 66 ms on the host's CPU (docs/benchmarks.md, "On a GPU").
+    voice_providers: tuple[str, ...] = ("cpu",)
     intra_op_threads: int = 0  # 0: ONNX Runtime's default
     trt_cache_dir: str = ""
     cpu_mem_arena: bool = False  # ONNX Runtime's CPU arena: faster to grow, never gives memory back
+    cudnn_conv_algo_search: str = "heuristic"  # CUDA: cuDNN's pick per new shape; exhaustive times them all
     heap_trim_s: float = 10.0  # while streams run, give the C heap's free pages back to the OS this often
     #                            (glibc malloc_trim; relais.runtime.heap); 0: never
 
     def validate(self) -> None:
-        check_runtime(self.providers, self.intra_op_threads)  # the rules live with RuntimeConfig
+        check_runtime(self.providers, self.intra_op_threads, self.cudnn_conv_algo_search)  # RuntimeConfig's rules
+        check_runtime(self.voice_providers, self.intra_op_threads, key="runtime.voice_providers")
         _check(self.heap_trim_s >= 0, "runtime.heap_trim_s", "must be >= 0 seconds (0 = off)", self.heap_trim_s)
 
     def runtime_config(self) -> RuntimeConfig:
         return RuntimeConfig(providers=tuple(self.providers), intra_op_threads=self.intra_op_threads,
-                             trt_cache_dir=self.trt_cache_dir, cpu_mem_arena=self.cpu_mem_arena)
+                             trt_cache_dir=self.trt_cache_dir, cpu_mem_arena=self.cpu_mem_arena,
+                             cudnn_conv_algo_search=self.cudnn_conv_algo_search)
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,8 @@ class ServerConfig:
             if load.shed_wait_s > 0 else None
         return EngineConfig(models_dir=models_dir, precision=self.models.precision,
                             encoder_precision=self.models.encoder_precision,
-                            runtime=self.runtime.runtime_config(), load_shedding=shedding,
+                            runtime=self.runtime.runtime_config(), voice_providers=tuple(self.runtime.voice_providers),
+                            load_shedding=shedding,
                             call_timeout_s=load.call_timeout_s, max_batch=load.max_batch,
                             max_batch_wait_s=load.max_batch_wait_s)
 
