@@ -2,7 +2,7 @@
 
 The default model set is prepared once into a persistent cache directory
 (``prepared_models_dir()``: $RELAIS_TEST_MODELS_DIR, else $XDG_CACHE_HOME/relais/test-models,
-else ~/.cache/relais/test-models; about 750 MB); `relais models
+else ~/.cache/relais/test-models; about 840 MB); `relais models
 prepare` rebuilds a model only when its build key (package versions, export code,
 precisions) changed, so reruns are fast and a fresh machine rebuilds from scratch.
 """

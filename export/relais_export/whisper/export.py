@@ -195,6 +195,30 @@ def _to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
+def _quantisable_vocab_projection(model) -> None:
+    """Give the vocabulary projection its own transposed copy of the embedding, as a MatMul.
+
+    The weight-only quantiser rewrites MatMuls only, so the shared Gemm stayed fp32 in the int8
+    decoder: 512 x 51865 for base, about 38% of the decoder's node time. Quantised, it costs
+    a 30 MB int8 copy (with its scales) beside the fp32 embedding (the token lookup keeps that one). No-op
+    for a graph without the projection (the encoder).
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    node = next((n for n in model.graph.node if n.op_type == "Gemm" and n.name == "vocab_projection"), None)
+    if node is None:
+        return
+    inits = {i.name: i for i in model.graph.initializer}
+    weight = f"{node.input[1]}.transposed"
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[node.input[1]]).T), weight))
+    idx = list(model.graph.node).index(node)
+    model.graph.node.remove(node)
+    model.graph.node.insert(idx, onnx.helper.make_node("MatMul", [node.input[0], weight], list(node.output),
+                                                       name="vocab_projection"))
+
+
 def _to_int8(src: Path, dst: Path) -> None:
     onnx = require("onnx")
     require("onnx_ir")  # needed by onnxruntime's weight-only quantiser
@@ -202,8 +226,10 @@ def _to_int8(src: Path, dst: Path) -> None:
 
     # the module calls logging.basicConfig(INFO) on import and logs a line per node
     nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
+    model = onnx.load(str(src))
+    _quantisable_vocab_projection(model)
     quantizer = nbits.MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
+        model, bits=8, block_size=INT8_BLOCK_SIZE, is_symmetric=True,
         accuracy_level=4, op_types_to_quantize=("MatMul",),
     )
     with quiet_logs():

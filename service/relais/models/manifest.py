@@ -41,7 +41,7 @@ def models_location_help() -> str:
     """Where models go and how to move them (for ``--help`` texts and docs)."""
     return (
         f"Models go to $RELAIS_MODELS_DIR if set, else $XDG_CACHE_HOME/relais/models, else "
-        f"~/.cache/relais/models (here: {default_models_dir()}); about 750 MB for the default set. "
+        f"~/.cache/relais/models (here: {default_models_dir()}); about 840 MB for the default set. "
         f"To keep them elsewhere, pass --dir DIR or set RELAIS_MODELS_DIR=DIR. A prepared set can be "
         f"moved as a whole (its {MANIFEST_NAME} holds only relative paths): move the directory and "
         f"point RELAIS_MODELS_DIR (or serve --models) at the new place. Downloaded wheels are kept in "
