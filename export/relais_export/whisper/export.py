@@ -200,8 +200,8 @@ def _quantisable_vocab_projection(model) -> None:
 
     The weight-only quantiser rewrites MatMuls only, so the shared Gemm stayed fp32 in the int8
     decoder: 512 x 51865 for base, about 38% of the decoder's node time. Quantised, it costs
-    a 30 MB int8 copy (with its scales) beside the fp32 embedding (the token lookup keeps that one). No-op
-    for a graph without the projection (the encoder).
+    a 30 MB int8 copy (with its scales) beside the fp32 embedding, which the token lookup keeps.
+    No-op for a graph without the projection (the encoder).
     """
     onnx = require("onnx")
     from onnx import numpy_helper
