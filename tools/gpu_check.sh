@@ -3,7 +3,7 @@
 # through onnxruntime-gpu's CUDA provider, each step bounded and logged, so that one failing
 # step does not cost the others. Written for a short GPU lease: run it once, read OUT_DIR.
 #
-# Usage: bash tools/gpu_check.sh MODELS_DIR EVAL_DIR OUT_DIR
+# Usage: bash tools/gpu_check.sh MODELS_DIR EVAL_DIR OUT_DIR   (tools/gpu_bundle.sh packs both dirs)
 #   MODELS_DIR  a model set with the fp16 Whisper export (relais models prepare --precision fp16)
 #   EVAL_DIR    the folder holding fr_en_dev/ (../shared/eval)
 #   OUT_DIR     logs and eval results (created)
@@ -54,14 +54,15 @@ step stages 90 $py tools/profile_stages.py --manifest "$manifest" --models "$mod
 # Quality and latency at real time, one stream, with the offline baseline and ASR-BLEU.
 step eval 200 $py -m relais.cli eval --manifest "$manifest" --models "$models" --mode realtime --out "$out/eval"
 
-# Many streams: the clips four times over, up to 48 streams at once. The CPU defaults
+# Many streams: the clips four times over, 8 then 24 at once (the first lease's 48-stream level
+# did not finish within the step: the eval writes its results only at the end). The CPU defaults
 # (8 sessions, a burst of starts costing 0.4 of the machine each) are for 2 cores; here the
 # sessions and the batch are raised and refused streams back off and retry.
 rep=$out/manifest-x4.tsv
 { head -n 1 "$manifest"; for i in 1 2 3 4; do tail -n +2 "$manifest" | awk -v i=$i -v d="$eval_dir/fr_en_dev" \
     'BEGIN{FS=OFS="\t"} {$1=$1"_"i; if ($2 !~ /^\//) $2=d"/"$2; print}'; done; } >"$rep"
-step sweep 200 env RELAIS_SERVER_MAX_SESSIONS=64 RELAIS_LOAD_MAX_BATCH=16 RELAIS_LOAD_NEW_STREAM_COST=0.05 \
-  $py -m relais.cli eval --manifest "$rep" --models "$models" --mode realtime --concurrency 8,24,48 \
+step sweep 240 env RELAIS_SERVER_MAX_SESSIONS=64 RELAIS_LOAD_MAX_BATCH=16 RELAIS_LOAD_NEW_STREAM_COST=0.05 \
+  $py -m relais.cli eval --manifest "$rep" --models "$models" --mode realtime --concurrency 8,24 \
   --lag-bound-s 2 --retry-refused-s 1 --no-offline --no-asr --out "$out/sweep"
 
 exit 0

@@ -209,7 +209,11 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                                               if f.client_first_audio_from_onset_s is not None])
         recogniser = None
         if not args.no_asr:
-            recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models))
+            from relais.server.config import load_config
+
+            # the server's providers (RELAIS_RUNTIME_PROVIDERS), not the default chain
+            recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models),
+                                          runtime=load_config(None).runtime.runtime_config())
             meta = replace(meta, asr_model=f"{recogniser.info.path} ({recogniser.info.precision})")
             transcribe_outputs(recogniser, main_batch, main_figs)
         offline = (offline_baseline(sut.engine, utts, recogniser, args.source or None, args.target)
