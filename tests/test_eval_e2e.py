@@ -57,3 +57,21 @@ def test_relais_eval_stops_at_a_request_the_server_refuses_as_invalid(model_set,
     assert rc == 2
     assert "refused the streams as invalid (INVALID_ARGUMENT)" in err and "no voice speaks 'fr'" in err
     assert "--to fr" in err and not out.exists()
+
+
+def test_relais_eval_sweep_prints_each_level_as_it_ends(model_set, tmp_path, capsys):
+    """A concurrency sweep prints each level's line when that level ends, so a sweep cut short
+    (a time limit on a leased GPU) keeps the levels it finished; the report has the same figures."""
+    clips = sorted(load_manifest("fr_en_dev"), key=lambda u: u.duration_s)[:2]
+    manifest = tmp_path / "two.tsv"
+    manifest.write_text("id\tpath\tduration_s\n" + "".join(f"{u.id}\t{u.path}\t{u.duration_s}\n" for u in clips))
+    out = tmp_path / "out"
+    rc = main(["eval", "--manifest", str(manifest), "--models", str(model_set.root), "--mode", "simulated",
+               "--concurrency", "1,2", "--no-asr", "--no-offline", "--out", str(out)])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("x")]
+    assert [line.split(":")[0] for line in lines] == ["x1", "x2"], lines
+    levels = json.loads((out / "results.json").read_text())["concurrency"]
+    for line, level in zip(lines, levels):
+        assert f"{level['n_utterances']} streams ran, {level['n_failed']} failed or refused" in line
+        assert f"p95 {level['lag_p95_s']:.2f} s" in line and f"RTF {level['rtf']:.2f}" in line

@@ -22,7 +22,7 @@ from relais.eval.data import Utterance, read_manifest
 from relais.eval.machine import machine
 
 if TYPE_CHECKING:
-    from relais.eval.results import EvalResults
+    from relais.eval.results import ConcurrencyLevel, EvalResults
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,16 @@ def run(args) -> int:
     return 0 if results.summary.n_failed == 0 else 1
 
 
+def level_line(level: ConcurrencyLevel) -> str:
+    """One concurrency level in a line (what a sweep prints as each level ends)."""
+    def s(value: float | None, unit: str = " s") -> str:
+        return "–" if value is None else f"{value:.2f}{unit}"
+
+    return (f"x{level.concurrency}: {level.n_utterances} streams ran, {level.n_failed} failed or refused, "
+            f"{level.refusals} refusals retried; lag p50 {s(level.lag_p50_s)}, p95 {s(level.lag_p95_s)}; "
+            f"RTF {s(level.rtf, '')}; StartOffset {s(level.start_offset_s)}; wall {level.wall_s:.0f} s")
+
+
 def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | None = None) -> EvalResults:
     from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
     from relais.eval.measure import measure
@@ -201,6 +211,8 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                                                s.quality.bleu, s.degraded_fraction, single.quality.bleu,
                                                labelled_mean(before, after, "relais_batch_size", stage="decoder"),
                                                sum(r.refusals for r in batch.runs)))
+            if len(levels) > 1:  # each level's line as it ends: a sweep cut short keeps what it measured
+                print(level_line(levels_out[-1]), file=sys.stderr, flush=True)
             if main_figs is None:
                 main_figs, main_batch, memory = figs, batch, sampler.samples
                 lags = [p.lag_s for f in figs for p in f.lags] if args.mode == "realtime" else []
