@@ -19,7 +19,7 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.client import TranslateClient, TranslateOptions
 from relais.pipeline.recognizer import LoadShedding
-from relais.pipeline.scheduler import LOAD_WINDOW_S, FairSlots, ModelScheduler, StreamCalls
+from relais.pipeline.scheduler import DEFAULT_LANE, LOAD_WINDOW_S, FairSlots, ModelScheduler, StreamCalls
 from relais.server.app import start_in_process
 from relais.server.report import StreamReport
 from relais.server.streams import capacity_refusal
@@ -77,12 +77,53 @@ def test_scheduler_utilisation_is_compute_over_slot_time_in_the_window():
     start = scheduler._created
     assert scheduler.utilisation(now=start + 1.0) == 0.0
     with scheduler._lock:  # calls that ended at known times: 3 s of compute in the last 10 s
-        scheduler._calls.extend([(start + 1.0, 1.0), (start + 5.0, 2.0), (start + 12.0, 3.0)])
+        scheduler._calls[DEFAULT_LANE].extend([(start + 1.0, 1.0), (start + 5.0, 2.0), (start + 12.0, 3.0)])
     assert scheduler.utilisation(now=start + 4.0) == pytest.approx(1.0 / (4.0 * 2))  # younger than the window
     assert scheduler.utilisation(now=start + LOAD_WINDOW_S + 3.0) == pytest.approx((2.0 + 3.0) / (10 * 2))
     value = scheduler.run("test", time.sleep, 0.05).value
     assert value is None and 0 < scheduler.utilisation() <= 1.0
 
+
+
+def test_stages_in_different_lanes_do_not_wait_for_each_other():
+    """With the voice in a lane of its own (the CPU, beside Whisper on a GPU), a voice call runs
+    while a decoder call holds the models' slot; without lanes it waits for that slot. The
+    utilisation is the busiest lane's."""
+    for lanes, voice_waits in (({"tts": "cpu"}, False), (None, True)):
+        scheduler = ModelScheduler(max_concurrent_calls=1, lanes=lanes)
+        release, spoke = threading.Event(), threading.Event()
+        holding = threading.Event()
+
+        def decode():
+            holding.set()
+            release.wait(5)
+
+        decoder = threading.Thread(target=scheduler.run, args=("decoder", decode))
+        decoder.start()
+        assert holding.wait(5)
+        voice = threading.Thread(target=scheduler.run, args=("tts", spoke.set))
+        voice.start()
+        assert spoke.wait(0.5) is not voice_waits, lanes
+        release.set()
+        for thread in (decoder, voice):
+            thread.join(5)
+        assert spoke.is_set()
+    scheduler = ModelScheduler(max_concurrent_calls=1, lanes={"tts": "cpu"})
+    start = scheduler._created
+    with scheduler._lock:
+        scheduler._calls[DEFAULT_LANE].append((start + 9.0, 2.0))
+        scheduler._calls["cpu"].append((start + 9.0, 5.0))
+    assert scheduler.utilisation(now=start + LOAD_WINDOW_S) == pytest.approx(5.0 / LOAD_WINDOW_S)
+
+
+def test_scheduler_lanes_follow_the_devices_the_models_run_on():
+    from relais.pipeline.engine import scheduler_lanes
+
+    assert scheduler_lanes("cpu", {"vad": {"cpu"}, "tts": {"cpu"}}) == {}  # a CPU host: one lane
+    assert scheduler_lanes("cuda", {"vad": {"cpu"}, "tts": {"cpu"}}) == {"vad": "cpu", "tts": "cpu"}
+    assert scheduler_lanes("tensorrt", {"vad": {"cpu"}, "tts": {"cuda"}}) == {"vad": "cpu"}
+    assert scheduler_lanes("cuda", {"tts": {"cpu", "cuda"}}) == {}  # voices on both devices: no lane fits
+    assert scheduler_lanes("cpu", {"tts": {"cuda"}}) == {"tts": "gpu"}
 
 
 def _wait_for(condition, what: str) -> None:
@@ -152,12 +193,12 @@ def test_stream_calls_are_served_by_lead_over_real_time_then_by_when_their_step_
     holding, ran = threading.Event(), []
     blocker = threading.Thread(target=scheduler.run, args=("hold", holding.wait, 10), daemon=True)
     blocker.start()
-    _wait_for(lambda: scheduler._slots._free == 0, "the slot to be held")
+    _wait_for(lambda: scheduler._slots[DEFAULT_LANE]._free == 0, "the slot to be held")
     callers = [threading.Thread(target=calls.run, args=("decoder", ran.append, name), daemon=True)
                for calls, name in ((fast, "fast"), (late, "late"), (early, "early"))]
     for n, caller in enumerate(callers, start=1):
         caller.start()
-        _wait_for(lambda: scheduler._slots.waiting == n, "the call to queue")
+        _wait_for(lambda: scheduler._slots[DEFAULT_LANE].waiting == n, "the call to queue")
     holding.set()
     for thread in (blocker, *callers):
         thread.join(10)
@@ -234,12 +275,12 @@ def test_a_decode_waits_behind_the_encoder_passes_already_queued_so_their_decode
     holder = _hold_the_slot(scheduler, release)
     b = threading.Thread(target=stream_b)
     b.start()
-    while scheduler._slots.waiting < 1:
+    while scheduler._slots[DEFAULT_LANE].waiting < 1:
         time.sleep(0.001)
     a = threading.Thread(target=scheduler.run_batched, args=("decoder", decode, "A"),
                          kwargs={"began": time.monotonic() - 1.0})  # A's step began before B's
     a.start()
-    while scheduler._slots.waiting < 2:
+    while scheduler._slots[DEFAULT_LANE].waiting < 2:
         time.sleep(0.001)
     release.set()
     for thread in (holder, a, b):

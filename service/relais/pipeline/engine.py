@@ -171,6 +171,21 @@ def _on_gpu(providers: tuple[str, ...]) -> bool:
     return any(p in ("cuda", "tensorrt") for p in providers) and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def scheduler_lanes(whisper_provider: str, stage_providers: dict[str, set[str]]) -> dict[str, str]:
+    """The scheduler's lanes: a stage whose models all run on another device than Whisper (the
+    VAD and the voice on the CPU beside Whisper on a GPU) gets that device's lane, so its calls
+    do not queue behind Whisper's. On a CPU host every stage shares one lane ({})."""
+    def device(provider: str) -> str:
+        return "cpu" if provider == "cpu" else "gpu"
+
+    lanes = {}
+    for stage, providers in stage_providers.items():
+        devices = {device(p) for p in providers}
+        if len(devices) == 1 and devices != {device(whisper_provider)}:
+            lanes[stage] = devices.pop()
+    return lanes
+
+
 def _check_exported(requested: str, available: list[str], key: str) -> str:
     if requested not in available:
         raise ValueError(f"{key} {requested!r} was not exported for this model; have {available} "
@@ -297,9 +312,13 @@ class TranslationEngine:
             log.warning("%s predates per-row decoder inputs: streams are decoded one at a time; re-run "
                         "`relais models prepare` to batch them", self.whisper.model_dir)
             max_batch = 1
+        lanes = scheduler_lanes(self.whisper.provider, {"vad": {self.vad.loaded.provider},
+                                                        "tts": {v.loaded.provider for v in self.voices.values()}})
+        if lanes:
+            log.info("model calls of %s run beside Whisper's (another device)", ", ".join(sorted(lanes)))
         return ModelScheduler(self.config.max_concurrent_calls, observer=observer, wait_observer=wait_observer,
                               call_timeout_s=self.config.call_timeout_s, max_batch=max_batch,
-                              max_wait_s=self.config.max_batch_wait_s, batch_observer=batch_observer)
+                              max_wait_s=self.config.max_batch_wait_s, batch_observer=batch_observer, lanes=lanes)
 
     def new_session(self, cfg: SessionConfig, scheduler: ModelScheduler) -> StreamingSession:
         """A stream's stages over the shared models, calling them through ``scheduler``."""

@@ -22,6 +22,11 @@ again at each of its back-to-back calls while real-time streams waited (``FairSl
 waiting call served first is that of a stream not ahead of real time over one that is, then
 that of the session call (a stream's push of audio) that began first, so one step's calls
 (VAD, encoder, decoder, voice) run back to back rather than interleaved with later steps'.
+
+Lanes (``lanes``, stage -> lane): stages on different devices need not wait for each other. On
+a GPU host the voice and the VAD run on the CPU while Whisper runs on the GPU
+(docs/benchmarks.md, "On a GPU"), so the engine gives the CPU stages a lane of their own, with
+its own ``max_concurrent_calls`` slots. Without lanes (a CPU host) every stage shares one.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Timed(Generic[T]):
     waited: float = 0.0  # time queued for a slot
 
 
+DEFAULT_LANE = "models"
 PEER_WINDOW_S = 3.0  # a stream that decoded this recently may join a batch (balanced: a decode every 1-3 s)
 LOAD_WINDOW_S = 10.0  # utilisation is measured over the calls that ended in this window
 
@@ -110,7 +116,7 @@ class ModelScheduler:
     def __init__(self, max_concurrent_calls: int = 1, observer: StageObserver | None = None,
                  wait_observer: StageObserver | None = None, call_timeout_s: float = 0.0,
                  max_batch: int = 1, max_wait_s: float = 0.0,
-                 batch_observer: Callable[[str, int], None] | None = None):
+                 batch_observer: Callable[[str, int], None] | None = None, lanes: dict[str, str] | None = None):
         if max_concurrent_calls < 1:
             raise ValueError(f"max_concurrent_calls must be >= 1, got {max_concurrent_calls}")
         if max_batch < 1 or max_wait_s < 0:
@@ -123,11 +129,14 @@ class ModelScheduler:
         self._callers: dict[object, dict[int, float]] = {}  # per kind: id(caller) -> last call (monotonic)
         self._queue_changed = threading.Condition(threading.Lock())
         self.call_timeout_s = call_timeout_s  # > 0: ONNX Runtime runs past it are terminated (CallGuard)
-        self._slots = FairSlots(max_concurrent_calls)
+        self.lanes = dict(lanes or {})  # stage -> lane; stages not named share the default lane
+        self._slots = {lane: FairSlots(max_concurrent_calls) for lane in {DEFAULT_LANE, *self.lanes.values()}}
         self._observer = observer
         self._wait_observer = wait_observer
         self._lock = threading.Lock()
-        self._calls: collections.deque[tuple[float, float]] = collections.deque()  # (end, compute seconds)
+        # per lane: (end, compute seconds) of the calls that ended in the last LOAD_WINDOW_S
+        self._calls: dict[str, collections.deque[tuple[float, float]]] = {lane: collections.deque()
+                                                                         for lane in self._slots}
         self._created = time.monotonic()
 
     def run(self, stage: str, fn: Callable[..., T], *args, ahead_s: float = 0.0, began: float | None = None,
@@ -136,7 +145,8 @@ class ModelScheduler:
         calling stream's audio is ahead of real time), then ``began`` (when the session call this one
         belongs to began, time.monotonic(); default now), then arrival."""
         asked = time.perf_counter()
-        self._slots.acquire(ahead_s, began)
+        slots = self._lane_slots(stage)
+        slots.acquire(ahead_s, began)
         try:
             start = time.perf_counter()
             if self._wait_observer is not None:
@@ -144,8 +154,11 @@ class ModelScheduler:
             value = self._call(stage, fn, *args, **kwargs)
             seconds = time.perf_counter() - start
         finally:
-            self._slots.release()
+            slots.release()
         return Timed(value, seconds, start - asked)
+
+    def _lane_slots(self, stage: str) -> FairSlots:
+        return self._slots[self.lanes.get(stage, DEFAULT_LANE)]
 
     def run_batched(self, stage: str, fn: Callable[[list], list[T]], item, *, ahead_s: float = 0.0,
                     began: float | None = None, caller: object = None) -> Timed[T]:
@@ -187,7 +200,8 @@ class ModelScheduler:
         finished = False
         # A batch leader queues for the slot as of when it queued, not as of when its step began: calls
         # already waiting then (other streams' encoder passes) go first, and their decodes join its batch.
-        self._slots.acquire(me.ahead_s, me.queued_at if self.max_batch > 1 else me.began)
+        slots = self._lane_slots(stage)
+        slots.acquire(me.ahead_s, me.queued_at if self.max_batch > 1 else me.began)
         try:
             with self._queue_changed:
                 queue = self._queued[kind]
@@ -226,7 +240,7 @@ class ModelScheduler:
                 queued.seconds = seconds
             finished = True
         finally:
-            self._slots.release()
+            slots.release()
             for queued in batch:  # whatever happened, nobody is left waiting
                 if not finished and queued.error is None:
                     queued.error = RuntimeError(f"the batched {stage} call did not finish")
@@ -250,26 +264,28 @@ class ModelScheduler:
                     raise
         finally:
             seconds = time.perf_counter() - start
-            self._record(seconds)
+            self._record(stage, seconds)
             if self._observer is not None:
                 self._observer(stage, seconds)
 
-    def _record(self, seconds: float) -> None:
+    def _record(self, stage: str, seconds: float) -> None:
         now = time.monotonic()
+        calls = self._calls[self.lanes.get(stage, DEFAULT_LANE)]
         with self._lock:
-            self._calls.append((now, seconds))
-            while self._calls and self._calls[0][0] < now - LOAD_WINDOW_S:
-                self._calls.popleft()
+            calls.append((now, seconds))
+            while calls and calls[0][0] < now - LOAD_WINDOW_S:
+                calls.popleft()
 
     def utilisation(self, now: float | None = None) -> float:
         """Share of the slots' time spent computing over the last LOAD_WINDOW_S seconds (0..1; a
-        scheduler younger than the window is measured over its life)."""
+        scheduler younger than the window is measured over its life). With lanes, the busiest
+        lane's: it is the one that runs out first."""
         now = time.monotonic() if now is None else now
         window = min(LOAD_WINDOW_S, max(now - self._created, 1e-3))
         with self._lock:
             # a call that began before the window counts only its part inside it
-            busy = sum(min(seconds, end - (now - window)) for end, seconds in self._calls
-                       if now - window <= end <= now)
+            busy = max(sum(min(seconds, end - (now - window)) for end, seconds in calls if now - window <= end <= now)
+                       for calls in self._calls.values())
         return min(1.0, busy / (window * self.max_concurrent_calls))
 
 
