@@ -4,7 +4,8 @@
 # lacks (onnxruntime-gpu first), as one tar split into pieces small enough for one transfer each.
 #
 # Usage: bash tools/gpu_bundle.sh OUT_DIR [PIECE_MB]        (default 52: a 64 MiB transfer
-#        with the ~10 MB working tree beside it)
+#        with the ~10 MB working tree beside it). OUT_DIR=.dev keeps it inside the checkout,
+#        where git ignores it and a transfer can carry one piece at a time (.dev/part.NN).
 # Environment: GPU_PYTHON (the GPU machine's Python, default 3.12), RELAIS_EVAL_DIR.
 #
 # On the GPU machine, with every piece in one folder PIECES and this checkout as the current folder:
