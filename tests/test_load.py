@@ -92,15 +92,7 @@ def test_stages_in_different_lanes_do_not_wait_for_each_other():
     for lanes, voice_waits in (({"tts": "cpu"}, False), (None, True)):
         scheduler = ModelScheduler(max_concurrent_calls=1, lanes=lanes)
         release, spoke = threading.Event(), threading.Event()
-        holding = threading.Event()
-
-        def decode():
-            holding.set()
-            release.wait(5)
-
-        decoder = threading.Thread(target=scheduler.run, args=("decoder", decode))
-        decoder.start()
-        assert holding.wait(5)
+        decoder = _hold_the_slot(scheduler, release, stage="decoder")
         voice = threading.Thread(target=scheduler.run, args=("tts", spoke.set))
         voice.start()
         assert spoke.wait(0.5) is not voice_waits, lanes
@@ -205,15 +197,15 @@ def test_stream_calls_are_served_by_lead_over_real_time_then_by_when_their_step_
     assert ran == ["early", "late", "fast"]
 
 
-def _hold_the_slot(scheduler: ModelScheduler, release: threading.Event) -> threading.Thread:
-    """A call that keeps the scheduler's one slot until ``release`` is set (returns once it holds it)."""
+def _hold_the_slot(scheduler: ModelScheduler, release: threading.Event, stage: str = "tts") -> threading.Thread:
+    """A ``stage`` call that keeps its lane's slot until ``release`` is set (returns once it holds it)."""
     holding = threading.Event()
 
     def hold():
         holding.set()
         release.wait(5)
 
-    thread = threading.Thread(target=scheduler.run, args=("tts", hold))
+    thread = threading.Thread(target=scheduler.run, args=(stage, hold))
     thread.start()
     assert holding.wait(5)
     return thread

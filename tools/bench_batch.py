@@ -107,9 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     audio = load_audio_16k(utt.path)[: int(args.audio_s * 16000)]
     rows = bench_whisper(model, audio, args.context_tokens, args.runs)
     lines = [f"# Batched model calls on {machine()}", "",
-             f"whisper-base {args.precision}, ONNX Runtime {model.encoder.provider.upper()}; {args.audio_s:g} s of speech "
-             f"(+1 s pad) per encoder "
-             f"row ({utt.id}); one cached decoder step after {args.context_tokens} tokens; median of {args.runs} "
+             f"whisper-base {args.precision}, ONNX Runtime {model.encoder.provider.upper()}; {args.audio_s:g} s "
+             f"of speech (+1 s pad) per encoder row ({utt.id}); one cached decoder step after {args.context_tokens} tokens; median of {args.runs} "
              f"calls each. Rows are identical copies (no padding): an upper bound for cross-stream batching.", "",
              "| batch | encoder call (ms) | encoder rows/s | audio s encoded / s | gain | decoder step (ms) | "
              "tokens/s | gain |", "|---|---|---|---|---|---|---|---|"]
