@@ -222,3 +222,48 @@ def test_synthesize_length_scale_override(voice):
     assert voice.length_scale == pytest.approx(1.0)  # the override did not change the voice
     with pytest.raises(ValueError):
         voice.synthesize("Hi", length_scale=0)
+
+
+# -- phrases voiced as parts of their sentence ------------------------------------------
+
+def test_a_phrase_ending_in_the_article_a_reads_it_as_the_article(voice):
+    """espeak-ng reads a clause-final "a" as the letter's name; the voice reads the article."""
+    def read(text: str) -> str:
+        return "".join(p for sentence in voice.phonemize(text) for p in sentence)
+
+    assert read("passed by a") == read("passed by") + " ɐ"
+    assert read("track, a").endswith(", ɐ") and read("a") == "ɐ"
+    assert read("made a sort of").split()[1] == "ɐ"  # within a phrase espeak-ng reads the article itself
+    # A capital "A" at the end is a letter ("plan A"), and keeps its name.
+    assert read("plan A").endswith("ˈeɪ") and read("A").endswith("ˈeɪ")
+
+
+def test_a_phrase_its_sentence_goes_on_after_is_voiced_as_continuing(voice, model_set):
+    """A lone first word voiced as a sentence of its own is heard as another word; voiced as
+    continuing (a word boundary after it, as within the sentence) it is heard as itself."""
+    from relais.eval.asr import SpeechRecogniser
+    from relais.eval.scores import normalise_en
+
+    asr = SpeechRecogniser(model_set.path(model_set.get("whisper-base").name))
+    sr = voice.sample_rate_hz
+    for first, rest in (("The", "cat is the family name of the owner."),
+                        ("I", "will add this idea to the reflection of the national assembly.")):
+        lone = trim_silence(voice.synthesize(first, continues=True), sr)
+        heard = asr.transcribe(np.concatenate([lone, trim_silence(voice.synthesize(rest), sr)]), sr)
+        assert normalise_en(heard).startswith(normalise_en(f"{first} {rest}")[:12]), heard
+    # Continuing only changes the end: the same phonemes and one word boundary more.
+    assert not np.array_equal(voice.synthesize("The", continues=True), voice.synthesize("The"))
+    assert np.array_equal(voice.synthesize("Done.", continues=True), voice.synthesize("Done."))  # already ended
+
+
+def test_the_speaker_voices_cut_phrases_as_continuing_and_sentence_ends_as_ends(voice):
+    s = speaker(voice, phrase_max_words=3)
+    state = s.new_state()
+    (first,) = s.step(state, [final("The", 1.0)])  # nothing playing: spoken alone, mid-sentence
+    assert np.array_equal(first.audio, trim_silence(voice.synthesize("The", continues=True), voice.sample_rate_hz))
+    state.pending += "cat sat down.".split()
+    (end,) = s.flush(state, 5.0)  # a sentence end
+    assert np.array_equal(end.audio, trim_silence(voice.synthesize("cat sat down."), voice.sample_rate_hz))
+    state.pending += ["and"]
+    (closing,) = s.flush(state, 9.0)  # the utterance ended: nothing follows
+    assert np.array_equal(closing.audio, trim_silence(voice.synthesize("and"), voice.sample_rate_hz))

@@ -13,7 +13,8 @@ backlog is ``max(0, playback_end_s - now)``. The rule:
 
 The speaking rate follows the backlog: Piper's length scale is the voice's own times a
 factor falling linearly from 1 at ``speedup_from_s`` (1.5 s) of backlog to ``min_length_factor``
-at ``speedup_full_s`` and beyond. Each phrase's leading and trailing silence is trimmed.
+at ``speedup_full_s`` and beyond. Each phrase's leading and trailing silence is trimmed, and a
+phrase its sentence goes on after is voiced as continuing, not as a sentence of its own.
 ``Speaker`` holds the shared voice and these rules; ``SpeakerState`` the words still
 waiting, the source span they translate and the playback estimate.
 """
@@ -120,7 +121,8 @@ class Speaker:
         state.pending = state.pending[cut:]
         span_start_s, state.span_start_s = state.span_start_s, state.span_end_s
         length_scale = self.voice.length_scale * self.settings.length_factor(backlog_s)
-        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale)
+        # Before the utterance ends, a phrase without a sentence end is voiced as continuing.
+        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, not final)
         if self.settings.trim_silence:
             audio = trim_silence(audio, self.voice.sample_rate_hz)
         if len(audio) == 0:

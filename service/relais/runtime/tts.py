@@ -30,6 +30,13 @@ MODEL_TYPE = "piper_vits"  # relais.model_type of a prepared voice (relais_expor
 PAD, BOS, EOS = "_", "^", "$"
 PHONEME_TYPES = ("espeak", "text")  # the phonemisers implemented here (the exporter refuses others)
 
+# A phrase the pipeline speaks may stop mid-sentence, right after the article "a" ("passed by a",
+# then "timebreak" in the next phrase). espeak-ng reads a clause-final "a" as the letter's name
+# (stressed "ay"), and listeners (and ASR) then hear a letter and a sentence break. A lowercase
+# final "a" is the article: it is read as it is within a sentence (weak "uh").
+_FINAL_ARTICLE = re.compile(r"(?:^|\s)a$")
+_WEAK_ARTICLE = "ɐ"
+
 # espeak-ng is a C library with one global voice: serialise its use across threads.
 _ESPEAK_LOCK = threading.Lock()
 _espeak = None
@@ -152,6 +159,13 @@ class PiperTts:
         """Phonemes of each sentence (espeak-ng's own sentence split)."""
         if self.phoneme_type == "text":
             return [list(unicodedata.normalize("NFD", s)) for s in split_sentences(text)]
+        text = text.strip()
+        if self.espeak_voice.startswith("en") and _FINAL_ARTICLE.search(text):
+            head = self.phonemize(text[:-1])
+            if not head:
+                return [[_WEAK_ARTICLE]]
+            head[-1] += [" ", _WEAK_ARTICLE] if head[-1][-1] != " " else [_WEAK_ARTICLE]
+            return head
         with _ESPEAK_LOCK:
             espeak = _espeak_bridge()
             espeak.set_voice(self.espeak_voice)
@@ -230,12 +244,19 @@ class PiperTts:
         # one at a time must keep a consistent loudness.
         return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
-    def synthesize(self, text: str, length_scale: float | None = None) -> np.ndarray:
+    def synthesize(self, text: str, length_scale: float | None = None, continues: bool = False) -> np.ndarray:
         """Float32 mono audio at ``sample_rate_hz`` for ``text`` (empty for no speech).
-        ``length_scale`` overrides the voice's rate for this call (< 1 speaks faster)."""
+        ``length_scale`` overrides the voice's rate for this call (< 1 speaks faster).
+        ``continues``: ``text`` is a phrase its sentence goes on after (the pipeline speaks
+        sentences in pieces). Its phonemes then end with a word boundary, as they would
+        within the sentence, instead of ending the utterance: a lone first word ("The",
+        "I") spoken as a whole sentence was heard as another word ("that", "we'll")."""
         gap = np.zeros(self.config.sentence_silence_ms * self.sample_rate_hz // 1000, np.float32)
         parts: list[np.ndarray] = []
-        for phonemes in self.phonemize(text):
+        sentences = self.phonemize(text)
+        if continues and sentences and sentences[-1][-1] != " " and not PHRASE_END.search(text):
+            sentences[-1] = [*sentences[-1], " "]
+        for phonemes in sentences:
             if parts and len(gap):
                 parts.append(gap)
             parts.append(self.synthesize_ids(self.phoneme_ids(phonemes), length_scale))
