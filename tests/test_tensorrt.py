@@ -7,6 +7,7 @@ encoder" with the real input name and metadata) so they take seconds, not minute
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -171,6 +172,86 @@ def test_plan_engines_keys_and_skips(tmp_path):
     other_gpu = plan_engines(model_dir, tmp_path / "cache", CudaDevice("NVIDIA L4", "8.9"), "10.9.0",
                              limits=TINY_LIMITS)[0]
     assert other_gpu.engine_path.parent.name == "nvidia-l4-sm89_trt10.9.0"
+
+
+# -- the profiles the runtime gives ONNX Runtime's TensorRT provider ------------------------
+
+def _parse_profile(options: dict[str, str], which: str) -> dict[str, tuple[int, ...]]:
+    """``trt_profile_<which>_shapes`` ("name:AxB,...") back into shapes (parsed here, not by the code)."""
+    shapes = {}
+    for item in options[f"trt_profile_{which}_shapes"].split(","):
+        name, dims = item.split(":")
+        shapes[name] = tuple(int(d) for d in dims.split("x"))
+    return shapes
+
+
+def test_the_runtime_profiles_cover_every_shape_a_stream_feeds_whisper(model_set):
+    """The real Whisper base export, run on the CPU as a stream runs it (encoder windows from a short
+    tail to 28 s, greedy decodes of several streams in one call, the final beam search): every
+    input shape falls inside the TensorRT profiles the runtime would hand the provider."""
+    from relais.pipeline.engine import EngineConfig, whisper_runtime
+    from relais.runtime.ort import RuntimeConfig, _provider_options, tensorrt_profiles
+    from relais.runtime.whisper import GreedyRequest, WhisperModel
+
+    model_dir = model_set.path(model_set.get("whisper-base").name)
+    runtime = whisper_runtime(EngineConfig(runtime=RuntimeConfig(providers=("cpu",))))
+    assert runtime.trt_max_batch == 4  # load.max_batch 4, beam 3
+    whisper = WhisperModel(model_dir, "fp32", runtime)
+    fed: dict[str, list[dict[str, tuple[int, ...]]]] = {"encoder": [], "decoder": []}
+    for part in fed:
+        session = getattr(whisper, part)
+        run = session.run
+
+        def spy(outputs, feed, run=run, part=part):  # records the shapes, then runs the real model
+            fed[part].append({name: np.shape(value) for name, value in feed.items()})
+            return run(outputs, feed)
+        session.run = spy
+
+    rng = np.random.default_rng(0)
+    prompt = whisper.prompt("translate", "fr")
+    windows = [whisper.encode(rng.standard_normal(n).astype(np.float32) * 0.1, pad)
+               for n, pad in ((512, None), (16000, 2.0), (48000, 4.0), (16000 * 28, None))]
+    whisper.greedy_batch([GreedyRequest(enc, prompt, max_new_tokens=6) for enc in windows])
+    whisper.beam_search(windows[1], prompt, beam_size=3, max_new_tokens=4)
+
+    assert max(shapes["self_k"][1] for shapes in fed["decoder"]) == 4  # four streams' rows in one call
+    assert max(shapes["mel"][2] for shapes in fed["encoder"]) == 2800 and min(s["mel"][2] for s in fed["encoder"]) == 4
+    for part in fed:
+        path = model_dir / f"{part}.fp32.onnx"
+        options = tensorrt_profiles(path, runtime)
+        low, high = _parse_profile(options, "min"), _parse_profile(options, "max")
+        opt = _parse_profile(options, "opt")
+        assert all(low[k] <= opt[k] <= high[k] for k in low)
+        for shapes in fed[part]:
+            for name, shape in shapes.items():
+                if name not in low:  # a fixed-size input (no profile needed)
+                    continue
+                assert len(shape) == len(low[name]), (name, shape)
+                assert all(a <= d <= b for a, d, b in zip(low[name], shape, high[name])), (part, name, shape)
+        # The provider options carry the profiles next to the engine cache settings.
+        full = _provider_options("tensorrt", dataclasses.replace(runtime, trt_cache_dir=""), str(path))
+        assert {k: full[k] for k in options} == options and full["trt_fp16_enable"] is True
+
+
+def test_runtime_profiles_only_for_whisper_graphs_tensorrt_parses(model_set):
+    from relais.pipeline.engine import EngineConfig, whisper_runtime
+    from relais.runtime.ort import RuntimeConfig, tensorrt_profiles
+
+    whisper_dir = model_set.path(model_set.get("whisper-base").name)
+    cfg = RuntimeConfig(providers=("cpu",))
+    assert tensorrt_profiles(whisper_dir / "decoder.int8.onnx", cfg) == {}  # MatMulNBits: partitioned graph
+    for entry in (model_set.by_task("vad")[0], model_set.by_task("tts")[0]):
+        onnx_file = next(model_set.path(entry.name).glob("*.onnx"))
+        assert tensorrt_profiles(onnx_file, cfg) == {}
+    encoder = tensorrt_profiles(whisper_dir / "encoder.fp32.onnx", cfg)
+    assert _parse_profile(encoder, "max") == {"mel": (4, 80, 3000)}
+    # More streams per decode, or a wider beam, widen the envelope.
+    assert whisper_runtime(EngineConfig(runtime=cfg, max_batch=8)).trt_max_batch == 8
+    assert whisper_runtime(EngineConfig(runtime=cfg, latency_overrides={"beam_size": 6})).trt_max_batch == 6
+    wide = tensorrt_profiles(whisper_dir / "decoder.fp32.onnx", RuntimeConfig(providers=("cpu",), trt_max_batch=8))
+    assert _parse_profile(wide, "max")["self_k"] == (6, 8, 8, 447, 64)
+    with pytest.raises(ValueError, match="trt_max_batch"):
+        RuntimeConfig(trt_max_batch=0)
 
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch, tmp_path):

@@ -1,131 +1,32 @@
-"""Optimisation profiles from our ONNX metadata, as TensorRT, trtexec and ONNX Runtime take them."""
+"""Optimisation profiles from our ONNX metadata, as TensorRT, trtexec and ONNX Runtime take them.
+
+The profiles themselves live in the service (``relais.runtime.trt_profiles``), which hands
+them to ONNX Runtime's TensorRT provider; this module adds the trtexec command line and
+reports a metadata problem as an ``ExportError``."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from relais.models.metadata import PREFIX, ModelFacts
+from relais.models.metadata import ModelFacts
+from relais.runtime import trt_profiles
+from relais.runtime.trt_profiles import (PROFILED_MODEL_TYPES, STANDARD_DOMAINS, WHISPER_PROFILE_KEYS, ProfileError,
+                                         ProfileLimits, ShapeRange, ort_profile_options, shape_arg)
 
 from relais_export.errors import ExportError
 
-log = logging.getLogger(__name__)
-
-
-# The relais.* metadata keys the Whisper exporter writes and the profiles use. This
-# is the contract between export/whisper and TensorRT: keep it in this one place.
-WHISPER_PROFILE_KEYS = ("n_mels", "max_frames", "n_text_ctx", "n_audio_ctx",
-                        "decoder_layers", "decoder_heads", "d_model")
-PROFILED_MODEL_TYPES = ("whisper_encoder", "whisper_decoder")
-STANDARD_DOMAINS = ("", "ai.onnx")  # TensorRT's ONNX parser does not take com.microsoft ops
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """One input's optimisation profile: the smallest, typical and largest shape."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def __post_init__(self):
-        for name in ("min", "opt", "max"):
-            object.__setattr__(self, name, tuple(int(d) for d in getattr(self, name)))
-        if not len(self.min) == len(self.opt) == len(self.max):
-            raise ValueError(f"shape range {self}: min/opt/max must have the same rank")
-        if any(not 0 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
-            raise ValueError(f"shape range {self}: need 0 <= min <= opt <= max on every axis")
-
-    @property
-    def is_static(self) -> bool:
-        return self.min == self.opt == self.max
-
-
-@dataclass(frozen=True)
-class ProfileLimits:
-    """The serving envelope engines are built for (shapes outside it fail at run time)."""
-
-    max_batch: int = 4  # streams batched into one model call
-    opt_batch: int = 1
-    min_frames: int = 100  # 1 s of log-mel (10 ms hop)
-    opt_frames: int | None = None  # None: max_frames (the runtime pads windows to 30 s)
-    opt_past_tokens: int = 64  # typical self-attention cache length while decoding
-
-    def __post_init__(self):
-        if not 1 <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"need 1 <= opt_batch ({self.opt_batch}) <= max_batch ({self.max_batch})")
-        if self.min_frames < 2 or self.min_frames % 2:
-            raise ValueError(f"min_frames must be even and >= 2 (the encoder halves it), got {self.min_frames}")
-        if self.opt_frames is not None and (self.opt_frames < self.min_frames or self.opt_frames % 2):
-            raise ValueError(f"opt_frames must be even and >= min_frames, got {self.opt_frames}")
-        if self.opt_past_tokens < 0:
-            raise ValueError(f"opt_past_tokens must be >= 0, got {self.opt_past_tokens}")
-
-
-def _facts_dict(facts: ModelFacts | Mapping[str, Any]) -> Mapping[str, Any]:
-    return facts.facts if isinstance(facts, ModelFacts) else facts
-
-
-def _int_fact(facts: Mapping[str, Any], key: str) -> int:
-    if key not in facts:
-        raise ExportError(f"model metadata lacks '{PREFIX}{key}', needed for TensorRT profiles; "
-                          f"re-export the model with this version of relais")
-    try:
-        return int(facts[key])
-    except (TypeError, ValueError):
-        raise ExportError(f"model metadata {PREFIX}{key}={facts[key]!r} is not an integer") from None
+__all__ = ["PROFILED_MODEL_TYPES", "STANDARD_DOMAINS", "WHISPER_PROFILE_KEYS", "ProfileLimits", "ShapeRange",
+           "ort_profile_options", "profiles_from_metadata", "trtexec_command"]
 
 
 def profiles_from_metadata(facts: ModelFacts | Mapping[str, Any],
                            limits: ProfileLimits | None = None) -> dict[str, ShapeRange]:
-    """Optimisation profiles for an exported Whisper encoder or decoder, from its
-    relais.* metadata (a ``ModelFacts`` or a plain dict of facts)."""
-    facts = _facts_dict(facts)
-    limits = limits or ProfileLimits()
-    model_type = facts.get("model_type")
-    if model_type not in PROFILED_MODEL_TYPES:
-        raise ExportError(f"no TensorRT profile for model type {model_type!r} "
-                          f"(known: {', '.join(PROFILED_MODEL_TYPES)})")
-    n = {key: _int_fact(facts, key) for key in WHISPER_PROFILE_KEYS}
-    if n["decoder_heads"] <= 0 or n["d_model"] % n["decoder_heads"]:
-        raise ExportError(f"metadata d_model={n['d_model']} is not divisible by decoder_heads={n['decoder_heads']}")
-    if limits.min_frames > n["max_frames"]:
-        raise ExportError(f"ProfileLimits.min_frames={limits.min_frames} exceeds the model's max_frames={n['max_frames']}")
-    b_min, b_opt, b_max = 1, limits.opt_batch, limits.max_batch
-    opt_frames = min(limits.opt_frames or n["max_frames"], n["max_frames"])
-    if model_type == "whisper_encoder":
-        return {"mel": ShapeRange((b_min, n["n_mels"], limits.min_frames),
-                                  (b_opt, n["n_mels"], opt_frames),
-                                  (b_max, n["n_mels"], n["max_frames"]))}
-
-    layers, heads = n["decoder_layers"], n["decoder_heads"]
-    head_dim = n["d_model"] // heads
-    max_past = n["n_text_ctx"] - 1  # the cache never holds the last position's input
-    # The encoder halves the frame count (stride-2 conv): cross K/V has frames // 2 steps.
-    cross_min, cross_opt, cross_max = limits.min_frames // 2, opt_frames // 2, n["n_audio_ctx"]
-
-    def kv(batch: int, steps: int) -> tuple[int, ...]:
-        return (layers, batch, heads, steps, head_dim)
-
-    self_kv = ShapeRange(kv(b_min, 0), kv(b_opt, min(limits.opt_past_tokens, max_past)), kv(b_max, max_past))
-    cross_kv = ShapeRange(kv(b_min, cross_min), kv(b_opt, cross_opt), kv(b_max, cross_max))
-    shapes = {
-        "tokens": ShapeRange((b_min, 1), (b_opt, 1), (b_max, n["n_text_ctx"])),
-        "offset": ShapeRange((1,), (1,), (1,)),
-        "self_k": self_kv, "self_v": self_kv,
-        "cross_k": cross_kv, "cross_v": cross_kv,
-    }
-    if facts.get("rows_input"):  # rows of several streams in one call: per-row offset and audio length
-        rows = ShapeRange((1,), (b_opt,), (b_max,))
-        shapes.update(offset=rows, cross_len=rows)
-    return shapes
-
-
-def _shape_arg(profiles: Mapping[str, ShapeRange], which: str) -> str:
-    return ",".join(f"{name}:{'x'.join(str(d) for d in getattr(r, which))}"
-                    for name, r in profiles.items() if not r.is_static)
+    """:func:`relais.runtime.trt_profiles.profiles_from_metadata`, a metadata problem as an ExportError."""
+    try:
+        return trt_profiles.profiles_from_metadata(facts, limits)
+    except ProfileError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, profiles: Mapping[str, ShapeRange],
@@ -133,18 +34,9 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path, profiles: Ma
     """The equivalent ``trtexec`` command line (dynamic inputs only), as argv."""
     argv = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if any(not r.is_static for r in profiles.values()):
-        argv += [f"--{w}Shapes={_shape_arg(profiles, w)}" for w in ("min", "opt", "max")]
+        argv += [f"--{w}Shapes={shape_arg(profiles, w)}" for w in ("min", "opt", "max")]
     if fp16:
         argv.append("--fp16")
     if timing_cache:
         argv.append(f"--timingCacheFile={timing_cache}")
     return argv
-
-
-# -- device, cache key and TensorRT ------------------------------------------------
-
-
-def ort_profile_options(profiles: Mapping[str, ShapeRange]) -> dict[str, str]:
-    """The same profiles as ONNX Runtime TensorRT EP provider options (explicit profiles
-    stop the EP from rebuilding its engine whenever a larger shape arrives)."""
-    return {f"trt_profile_{w}_shapes": _shape_arg(profiles, w) for w in ("min", "opt", "max")}

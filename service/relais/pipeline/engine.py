@@ -212,6 +212,14 @@ def _pick_encoder_precision(requested: str, decoder: str, available: list[str]) 
     return _check_exported(requested, available, "encoder_precision")
 
 
+def whisper_runtime(config: EngineConfig) -> RuntimeConfig:
+    """The runtime settings for Whisper: its TensorRT engines take the most rows the engine puts in
+    one call (the streams batched into a decode, the widest final beam search)."""
+    widest = max([config.max_batch] + [p.with_overrides(config.latency_overrides).beam_size
+                                       for p in LATENCY_PROFILES.values()])
+    return dataclasses.replace(config.runtime, trt_max_batch=max(config.runtime.trt_max_batch, widest))
+
+
 class TranslationEngine:
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
@@ -221,7 +229,7 @@ class TranslationEngine:
         available = entry.facts.get("precisions", ["fp32"])
         precision = _pick_precision(self.config.precision, available, self.config.runtime.providers)
         encoder_precision = _pick_encoder_precision(self.config.encoder_precision, precision, available)
-        self.whisper = WhisperModel(self.model_set.path(entry.name), precision, self.config.runtime,
+        self.whisper = WhisperModel(self.model_set.path(entry.name), precision, whisper_runtime(self.config),
                                     encoder_precision=encoder_precision)
         vad_entry = self.model_set.by_task("vad")[0]
         self.vad = SileroVad(self.model_set.path(vad_entry.name), self.config.vad)

@@ -36,6 +36,9 @@ class RuntimeConfig:
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     trt_cache_dir: str = ""  # TensorRT engine + timing cache (device-specific)
     trt_fp16: bool = True
+    # Rows of one Whisper call the TensorRT engines are built for (optimisation profiles, docs/tensorrt.md):
+    # at least the streams batched into one decode (load.max_batch) and the final beam search's width.
+    trt_max_batch: int = 4
     device_id: int = 0
     # ONNX Runtime's CPU arena keeps every block it ever grew to; with a stream's ever-changing shapes
     # (audio length, decoder prefix) it held 100-190 MB more and grew up to 6-8 MB per minute of speech
@@ -49,6 +52,8 @@ class RuntimeConfig:
 
     def __post_init__(self):
         check_runtime(self.providers, self.intra_op_threads, self.cudnn_conv_algo_search)
+        if not 1 <= self.trt_max_batch <= 64:
+            raise ValueError(f"trt_max_batch must be within 1..64, got {self.trt_max_batch}")
 
 
 CONV_ALGO_SEARCH = {"heuristic": "HEURISTIC", "exhaustive": "EXHAUSTIVE", "default": "DEFAULT"}
@@ -161,7 +166,39 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-def _provider_options(name: str, cfg: RuntimeConfig) -> dict:
+# The TensorRT engines' envelope besides the batch: any audio length from 20 ms (an utterance's
+# last window, unpadded) to the model's 30 s, tuned for the few seconds a stream's window holds.
+TRT_MIN_FRAMES = 2
+TRT_OPT_FRAMES = 800  # 8 s of log-mel
+
+
+def tensorrt_profiles(path: str | Path, cfg: RuntimeConfig) -> dict[str, str]:
+    """The TensorRT provider's optimisation profiles for the model at ``path`` (``trt_profile_*_shapes``),
+    from its relais.* metadata; empty for a model without one (the VAD, the voice). Without them
+    the provider builds an engine for the first shapes it sees and rebuilds it, for seconds or
+    minutes, whenever a larger one arrives (a longer decoder cache, more rows, a longer window)."""
+    from relais.models.metadata import read_metadata
+    from relais.runtime.trt_profiles import (PROFILED_MODEL_TYPES, ProfileError, ProfileLimits, ort_profile_options,
+                                             profiles_from_metadata)
+
+    facts = read_metadata(path)
+    if facts.get("model_type") not in PROFILED_MODEL_TYPES:
+        return {}
+    if facts.get("precision") == "int8":
+        # com.microsoft MatMulNBits: TensorRT takes only parts of the graph, whose inputs are not the
+        # model's, so profiles named after the model's inputs would not fit them
+        return {}
+    limits = ProfileLimits(max_batch=cfg.trt_max_batch, min_frames=TRT_MIN_FRAMES,
+                           opt_frames=TRT_OPT_FRAMES)
+    try:
+        return ort_profile_options(profiles_from_metadata(facts, limits))
+    except ProfileError as exc:
+        log.warning("%s: no TensorRT profiles (%s); the provider will rebuild its engine as shapes grow",
+                    os.path.basename(str(path)), exc)
+        return {}
+
+
+def _provider_options(name: str, cfg: RuntimeConfig, path: str = "") -> dict:
     if name == "tensorrt":
         opts = {"device_id": cfg.device_id, "trt_fp16_enable": cfg.trt_fp16}
         if cfg.trt_cache_dir:
@@ -172,6 +209,8 @@ def _provider_options(name: str, cfg: RuntimeConfig) -> dict:
                 trt_timing_cache_enable=True,
                 trt_timing_cache_path=cfg.trt_cache_dir,
             )
+        if path:
+            opts.update(tensorrt_profiles(path, cfg))
         return opts
     if name == "cuda":
         return {"device_id": cfg.device_id, "cudnn_conv_algo_search": CONV_ALGO_SEARCH[cfg.cudnn_conv_algo_search]}
@@ -218,7 +257,7 @@ def create_session(path: str | Path, cfg: RuntimeConfig | None = None) -> Loaded
     if cfg.intra_op_threads:
         opts.intra_op_num_threads = cfg.intra_op_threads
     opts.enable_cpu_mem_arena = cfg.cpu_mem_arena
-    providers = [(PROVIDER_ALIASES[p], _provider_options(p, cfg)) for p in chain]
+    providers = [(PROVIDER_ALIASES[p], _provider_options(p, cfg, path)) for p in chain]
     session = ort.InferenceSession(path, opts, providers=providers)
     active = session.get_providers()[0]
     short = next(k for k, v in PROVIDER_ALIASES.items() if v == active)
