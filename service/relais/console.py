@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 # LATENCY_PROFILES and the README's table say the same; a test keeps them in step).
 LATENCY_CHOICES = ("low", "balanced", "quality")
 LATENCY_HELP = ("how soon translation is committed and spoken: low = AlignAtt (commits what the audio heard so "
-                "far supports) up to 0.6 s from the audio's end, every 1 s (every 0.5 s until an utterance's "
+                "far supports) up to 0.68 s from the audio's end, every 1 s (every 0.5 s until an utterance's "
                 "first words), beam search at each pause, groups speech at commas, sentence ends or every 4 words; "
                 "balanced = AlignAtt up to 0.8 s from the end, every 1 s (every 0.5 s until an utterance's first "
                 "words), beam search at each pause, commas, sentence ends or every 4 words; "
