@@ -75,3 +75,22 @@ def test_relais_eval_sweep_prints_each_level_as_it_ends(model_set, tmp_path, cap
     for line, level in zip(lines, levels):
         assert f"{level['n_utterances']} streams ran, {level['n_failed']} failed or refused" in line
         assert f"p95 {level['lag_p95_s']:.2f} s" in line and f"RTF {level['rtf']:.2f}" in line
+
+
+def test_relais_eval_offline_baseline_with_beam_search(model_set, tmp_path, capsys):
+    """--offline-beam N decodes the baseline as the latency modes' final decodes do (beam search);
+    the report names it, and a width outside 1..16 is refused before anything runs."""
+    clip = min(load_manifest("fr_en_dev"), key=lambda u: u.duration_s)
+    manifest = tmp_path / "one.tsv"
+    manifest.write_text("id\tpath\tduration_s\tsource_text_fr\treference_en\n"
+                        f"{clip.id}\t{clip.path}\t{clip.duration_s}\t{clip.source_text}\t{clip.reference}\n")
+    out = tmp_path / "out"
+    rc = main(["eval", "--manifest", str(manifest), "--models", str(model_set.root), "--mode", "simulated",
+               "--no-asr", "--offline-beam", "3", "--out", str(out)])
+    assert rc == 0
+    assert "| offline (same models, beam 3) |" in capsys.readouterr().out
+    offline = json.loads((out / "results.json").read_text())["offline"]
+    assert offline["beam_size"] == 3 and "beam search of 3" in offline["what"]
+    assert offline["summary"]["chrf"] > 20  # a translation of the clip, not noise
+    rc = main(["eval", "--manifest", str(manifest), "--offline-beam", "0", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "--offline-beam must be within 1..16" in capsys.readouterr().err

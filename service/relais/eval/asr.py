@@ -109,10 +109,19 @@ def transcribe_outputs(recogniser: SpeechRecogniser, batch: BatchRun, figs: list
 
 
 def offline_translate(engine: TranslationEngine, audio_16k: np.ndarray, utt_id: str, source_language: str | None,
-                      voice: str | None = None) -> OfflineOutput:
-    """Whole-utterance translation to English with the engine's Whisper, spoken by its voice."""
-    text = " ".join(engine.whisper.transcribe(p, "translate", source_language).text.strip()
-                    for p in split_windows(audio_16k, PIPELINE_RATE_HZ)).strip()
+                      voice: str | None = None, beam_size: int = 1) -> OfflineOutput:
+    """Whole-utterance translation to English with the engine's Whisper (greedy, or a beam search of
+    ``beam_size``), spoken by its voice."""
+    whisper = engine.whisper
+
+    def translate(window: np.ndarray) -> str:
+        if beam_size == 1:
+            return whisper.transcribe(window, "translate", source_language).text.strip()
+        enc = whisper.encode(window, 30.0)
+        language = source_language or whisper.detect_language(enc)[0]
+        return whisper.beam_search(enc, whisper.prompt("translate", language), beam_size).text.strip()
+
+    text = " ".join(translate(p) for p in split_windows(audio_16k, PIPELINE_RATE_HZ)).strip()
     name = voice or engine.session_config(source_language=source_language or "", target_language="en").voice
     tts = engine.voices[name]
     speech = tts.synthesize(text) if text else np.zeros(0, np.float32)
@@ -120,7 +129,7 @@ def offline_translate(engine: TranslationEngine, audio_16k: np.ndarray, utt_id: 
 
 
 def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recogniser: SpeechRecogniser | None,
-                     source_language: str | None, target_language: str) -> OfflineResults:
+                     source_language: str | None, target_language: str, beam_size: int = 1) -> OfflineResults:
     """Every utterance with a reference translated whole (:func:`offline_translate`), scored like the stream."""
     rows, compute_s, source_s = [], 0.0, 0.0
     todo = [u for u in utts if u.reference]
@@ -128,7 +137,7 @@ def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recognise
         for u in todo:
             audio = load_audio_16k(u.path)
             started = time.monotonic()
-            out = offline_translate(engine, audio, u.id, source_language)
+            out = offline_translate(engine, audio, u.id, source_language, beam_size=beam_size)
             compute_s += time.monotonic() - started
             source_s += len(audio) / PIPELINE_RATE_HZ
             asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
@@ -140,4 +149,5 @@ def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recognise
     summary = OfflineSummary(len(rows), compute_s / source_s if source_s else None,
                              scores if recogniser is not None else scores.without_asr())
     return OfflineResults(summary, rows, f"whole utterance at once: Whisper {engine.whisper.precision_label} translate "
-                                         f"(greedy, <= 28 s windows), the same voice speaks it; no policy, no latency")
+                                         f"({'greedy' if beam_size == 1 else f'beam search of {beam_size}'}, <= 28 s "
+                                         f"windows), the same voice speaks it; no policy, no latency", beam_size)

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N utterances")
     p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
     p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
+    p.add_argument("--offline-beam", type=int, default=1, metavar="N",
+                   help="the offline baseline decodes with a beam search of N (default 1: greedy; the latency "
+                        "modes' final decodes use 3)")
     p.add_argument("--longform", action="store_true", help="plot lag over time for every utterance")
 
 
@@ -126,6 +129,8 @@ def run(args) -> int:
         levels = _levels(args.concurrency)
         if args.retry_refused_s < 0:
             raise ValueError(f"--retry-refused-s must be >= 0 seconds (0 = no retry), got {args.retry_refused_s}")
+        if not 1 <= args.offline_beam <= 16:
+            raise ValueError(f"--offline-beam must be within 1..16 (1 = greedy), got {args.offline_beam}")
         overrides = parse_profile(args.profile, args.latency)
         if overrides and args.server is not None:
             raise ValueError("--profile changes the in-process server's engine; a running --server keeps its own")
@@ -228,8 +233,8 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                                           runtime=load_config(None).runtime.runtime_config())
             meta = replace(meta, asr_model=f"{recogniser.info.path} ({recogniser.info.precision})")
             transcribe_outputs(recogniser, main_batch, main_figs)
-        offline = (offline_baseline(sut.engine, utts, recogniser, args.source or None, args.target)
-                   if need_engine else None)
+        offline = (offline_baseline(sut.engine, utts, recogniser, args.source or None, args.target,
+                                    beam_size=args.offline_beam) if need_engine else None)
     finally:
         sut.close()
     failed = sum(r.result is None for r in main_batch.runs)

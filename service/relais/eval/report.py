@@ -49,8 +49,9 @@ def markdown(results: EvalResults) -> str:
              f"{_f(s.start_offset_s)} | {_f(s.end_offset_s)} | {_f(s.al_s)} | {_f(s.laal_s)} | "
              f"{_f(s.first_text_s)} | {_f(s.rtf)} | {_f(s.lag_p50_s)} | {_f(s.lag_p95_s)} | {s.n_utterances} |"]
     if results.offline is not None:
-        off = results.offline.summary
-        lines.append(f"| offline (same models) | {_f(off.quality.bleu, 1)} | {_f(off.quality.asr_bleu, 1)} | "
+        off, beam = results.offline.summary, results.offline.beam_size
+        label = "offline (same models)" if beam == 1 else f"offline (same models, beam {beam})"
+        lines.append(f"| {label} | {_f(off.quality.bleu, 1)} | {_f(off.quality.asr_bleu, 1)} | "
                      f"{_f(off.quality.chrf, 1)} | – | – | – | – | – | {_f(off.rtf)} | – | – | {off.n_utterances} |")
     if results.bleu_difference is not None:
         lines += ["", bleu_difference_line(results.bleu_difference)]

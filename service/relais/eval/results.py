@@ -195,10 +195,11 @@ class OfflineResults:
     summary: OfflineSummary
     utterances: list[OfflineRow]
     what: str
+    beam_size: int = 1  # 1: greedy
 
     def to_dict(self) -> dict:
         return {"summary": self.summary.to_dict(), "utterances": [asdict(r) for r in self.utterances],
-                "what": self.what}
+                "what": self.what, "beam_size": self.beam_size}
 
 
 def streamed_vs_offline(figs: list[UtteranceFigures], offline: OfflineResults | None, target_language: str = "en",
