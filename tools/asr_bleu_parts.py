@@ -7,9 +7,10 @@ speaks each utterance's streamed text again with the model set's voice, then sco
 same ASR (`relais eval`'s default, Whisper base fp32) on it:
 
 - ``whole``: the streamed translation as one text, spoken in one go (no phrasing);
-- ``phrases``: the phrases the run spoke, one voice call each, trimmed and joined as the
-  eval joins the received chunks (``--length-scale`` sets the rate of every call; the run
-  itself spoke faster under backlog).
+- ``phrases``: the phrases the run spoke, one voice call each, all but the last voiced as
+  continuing (as the speaker does before an utterance ends), trimmed and joined as the eval
+  joins the received chunks (``--length-scale`` sets the rate of every call; the run itself
+  spoke faster under backlog).
 
 A voice prepared by `relais models prepare` / `relais export piper` is deterministic (its noise
 is fixed at export), so one repetition is exact; a voice that draws its noise on every call
@@ -37,10 +38,15 @@ from relais.models.manifest import load_model_set
 from relais.runtime.tts import PiperTts, trim_silence
 
 
-def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float | None) -> np.ndarray:
+def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float | None,
+          continuing: bool = True) -> np.ndarray:
+    """``phrases`` in one call (``whole``), or one call each, trimmed and joined; with ``continuing``,
+    all but the last are voiced as parts of their sentence (``PiperTts.synthesize(continues=True)``)."""
     if whole:
         return voice.synthesize(" ".join(phrases), length_scale)
-    return np.concatenate([trim_silence(voice.synthesize(p, length_scale), voice.sample_rate_hz) for p in phrases])
+    last = len(phrases) - 1
+    return np.concatenate([trim_silence(voice.synthesize(p, length_scale, continues=continuing and i < last),
+                                        voice.sample_rate_hz) for i, p in enumerate(phrases)])
 
 
 def main(argv: list[str] | None = None) -> int:

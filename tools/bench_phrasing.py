@@ -34,7 +34,9 @@ import numpy as np
 from relais.eval.asr import SpeechRecogniser, default_asr_dir
 from relais.eval.scores import normalise_en
 from relais.models.manifest import load_model_set
-from relais.runtime.tts import CLAUSE_END, PHRASE_END, PiperTts, trim_silence
+from relais.runtime.tts import CLAUSE_END, PiperTts
+
+from asr_bleu_parts import speak  # tools/: the phrases one call each, as the speaker voices them
 
 RENDERINGS = ("sentence", "continues")
 
@@ -59,14 +61,6 @@ def cut(sentence: str, spec: str) -> list[str]:
             pieces.append(current)
             current = []
     return [" ".join(p) for p in pieces + ([current] if current else [])]
-
-
-def speak(voice: PiperTts, pieces: list[str], rendering: str) -> np.ndarray:
-    audio = []
-    for i, piece in enumerate(pieces):
-        continues = rendering == "continues" and i < len(pieces) - 1 and not PHRASE_END.search(piece)
-        audio.append(trim_silence(voice.synthesize(piece, continues=continues), voice.sample_rate_hz))
-    return np.concatenate(audio)
 
 
 def errors(heard: str, text: str) -> tuple[int, int]:
@@ -105,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     every: dict[str, list[np.ndarray]] = {r: [] for r in RENDERINGS}
     for spec in args.cut or ["first1+4"]:
-        got = {r: np.array([errors(hear(speak(voice, cut(t, spec), r)), t) for t in texts]) for r in RENDERINGS}
+        got = {r: np.array([errors(hear(speak(voice, cut(t, spec), False, None, continuing=r == "continues")), t)
+                            for t in texts]) for r in RENDERINGS}
         a, b = got["sentence"], got["continues"]
         low, high = bootstrap(a, b)
         wer_a, wer_b = a[:, 0].sum() / a[:, 1].sum(), b[:, 0].sum() / b[:, 1].sum()

@@ -112,16 +112,8 @@ def offline_translate(engine: TranslationEngine, audio_16k: np.ndarray, utt_id: 
                       voice: str | None = None, beam_size: int = 1) -> OfflineOutput:
     """Whole-utterance translation to English with the engine's Whisper (greedy, or a beam search of
     ``beam_size``), spoken by its voice."""
-    whisper = engine.whisper
-
-    def translate(window: np.ndarray) -> str:
-        if beam_size == 1:
-            return whisper.transcribe(window, "translate", source_language).text.strip()
-        enc = whisper.encode(window, 30.0)
-        language = source_language or whisper.detect_language(enc)[0]
-        return whisper.beam_search(enc, whisper.prompt("translate", language), beam_size).text.strip()
-
-    text = " ".join(translate(p) for p in split_windows(audio_16k, PIPELINE_RATE_HZ)).strip()
+    text = " ".join(engine.whisper.transcribe(p, "translate", source_language, beam_size=beam_size).text.strip()
+                    for p in split_windows(audio_16k, PIPELINE_RATE_HZ)).strip()
     name = voice or engine.session_config(source_language=source_language or "", target_language="en").voice
     tts = engine.voices[name]
     speech = tts.synthesize(text) if text else np.zeros(0, np.float32)

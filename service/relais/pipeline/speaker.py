@@ -122,7 +122,7 @@ class Speaker:
         span_start_s, state.span_start_s = state.span_start_s, state.span_end_s
         length_scale = self.voice.length_scale * self.settings.length_factor(backlog_s)
         # Before the utterance ends, a phrase without a sentence end is voiced as continuing.
-        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, not final)
+        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, continues=not final)
         if self.settings.trim_silence:
             audio = trim_silence(audio, self.voice.sample_rate_hz)
         if len(audio) == 0:

@@ -402,12 +402,13 @@ class WhisperModel:
         return codes[best], float(probs[best])
 
     def transcribe(self, audio: np.ndarray, task: str = "transcribe", language: str | None = None,
-                   pad_to_s: float | None = 30.0) -> DecodeResult:
-        """Offline recognition/translation of up to 30 s of audio."""
+                   pad_to_s: float | None = 30.0, beam_size: int = 1) -> DecodeResult:
+        """Offline recognition/translation of up to 30 s of audio (greedy, or a beam search of ``beam_size``)."""
         enc = self.encode(audio, pad_to_s)
         if language is None and self.multilingual:
             language, _ = self.detect_language(enc)
-        return self.greedy(enc, self.prompt(task, language))
+        prompt = self.prompt(task, language)
+        return self.greedy(enc, prompt) if beam_size == 1 else self.beam_search(enc, prompt, beam_size)
 
 
 class _GreedyRow:
