@@ -12,7 +12,7 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.eval.scores import bleu, wer
 from relais.models.metadata import read_metadata
-from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel, restart_at
+from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel, repeated_tail, restart_at
 from relais_export.errors import ExportError
 from relais_export.whisper.reference import reference_features, reference_greedy
 
@@ -234,6 +234,25 @@ def test_a_decode_that_starts_the_utterance_over_is_cut(base):
                  "The building is heated to the", "Heated. The building is heated."):
         assert restart_at(tok, [], tok.encode(text)) is None, text
     assert restart_at(tok, tok.encode("We agree"), tok.encode(". We agree again.")) == 1
+
+
+def test_repetition_loops_are_cut_to_one_copy(base):
+    """Whisper's loops after a forced prefix: a long span said twice, or a short one said three
+    times ("and a front and a front and a front", seen in a balanced run), keeps one copy; a few
+    words said twice, as people do ("a wall, a wall"), stay."""
+    tok = base["fp32"].tokenizer
+
+    def kept(text: str) -> str:
+        tokens = tok.encode(text)
+        return tok.decode(tokens[: len(tokens) - repeated_tail(tokens)])
+
+    # checked at every token, so a loop is caught as its third copy ends
+    assert kept("We have a front and a front and a front and") == "We have a front and"
+    assert kept("We serve the interests of our athletes the interests of our athletes") == \
+        "We serve the interests of our athletes"
+    for said in ("made a track, a wall, a wall", "We have a front and a front", "very very very",
+                 "The cat is the family name of the owner."):
+        assert kept(said) == said, said
 
 
 def test_tiny_en_prompt_and_language_errors(tiny, base):

@@ -24,16 +24,25 @@ log = logging.getLogger(__name__)
 TASKS = ("transcribe", "translate")
 # Decoding guards against Whisper's hallucination loops, which appear mostly when the
 # encoder sees less than its 30 s training window: stop once the output repeats a
-# span of at least MIN_REPEAT_TOKENS tokens back to back, and never emit more than
-# MAX_TOKENS_PER_S per second of audio (+ a small allowance).
+# span of at least MIN_REPEAT_TOKENS tokens back to back, or a shorter one of at least
+# MIN_LOOP_TOKENS tokens three times ("and a front and a front and a front": people do say
+# a few words twice, hardly three times), and never emit more than MAX_TOKENS_PER_S per
+# second of audio (+ a small allowance).
 MIN_REPEAT_TOKENS = 5
+MIN_LOOP_TOKENS = 2
 MAX_TOKENS_PER_S = 12.0
 TOKEN_ALLOWANCE = 10
 
 
-def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS) -> int:
-    """Length of a span that the sequence ends with twice in a row (0 if none)."""
+def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop: int = MIN_LOOP_TOKENS) -> int:
+    """How many tokens at the end of ``tokens`` repeat what came just before them, so that dropping
+    them leaves one copy: a span of at least ``min_span`` tokens the sequence ends with twice in a
+    row (the span's length), or a shorter one of at least ``min_loop`` tokens it ends with three
+    times (twice its length); 0 if none."""
     n = len(tokens)
+    for span in range(min_loop, min(min_span, n // 3 + 1)):
+        if tokens[n - span:] == tokens[n - 2 * span:n - span] == tokens[n - 3 * span:n - 2 * span]:
+            return 2 * span
     for span in range(min_span, n // 2 + 1):
         if tokens[n - span:] == tokens[n - 2 * span:n - span]:
             return span
@@ -370,8 +379,8 @@ class WhisperModel:
         pool = finished or beams
         tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
         tokens = list(tokens)
-        if (span := repeated_tail((history or []) + tokens)) and span <= len(tokens):
-            del tokens[-span:]
+        if (repeat := repeated_tail((history or []) + tokens)) and repeat <= len(tokens):
+            del tokens[-repeat:]
         if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
             del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
@@ -467,10 +476,10 @@ class _GreedyRow:
             if self._past_border():
                 return False
         if self.request.stop_on_repeat and len(out) > len(self.forced) and \
-                (span := repeated_tail(self.history + out)):
-            del out[-min(span, len(out)):]
+                (repeat := repeated_tail(self.history + out)):
+            del out[max(len(self.forced), len(out) - repeat):]
             self.logprobs = self.logprobs[: len(out)]
-            log.debug("repetition loop cut (%d tokens repeated)", span)
+            log.debug("repetition loop cut (%d tokens repeated)", repeat)
             return False
         self.tokens.append(token)
         self.position = len(self.tokens) - 1
