@@ -69,3 +69,28 @@ def test_a_prepared_set_still_loads_after_moving_its_directory(tmp_path):
     assert model_set.path("vad") == moved / "vad"
     assert model_set.check_files() == []
     assert str(root) not in (moved / "models.yaml").read_text()
+
+
+def test_metadata_is_read_from_the_file_as_onnxruntime_reads_it(model_set, tmp_path):
+    """read_metadata skips the graph; it must give what an onnxruntime session reports, for every
+    model of the prepared set, and say which file is broken when one is."""
+    import onnxruntime as ort
+
+    from relais.models.metadata import MetadataError, read_metadata, session_metadata
+
+    files = sorted(model_set.root.rglob("*.onnx"))
+    assert len(files) >= 6
+    for path in files:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        assert read_metadata(path).facts == session_metadata(session, str(path)).facts, path
+    decoder = model_set.path("whisper-base") / "decoder.int8.onnx"
+    assert read_metadata(decoder).int("decoder_layers") == 6  # Whisper base
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(decoder.read_bytes()[:100_000])  # a download that stopped
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model\n")
+    for broken in (cut, text):
+        with pytest.raises(MetadataError, match=f"{broken.name} is not a readable ONNX model"):
+            read_metadata(broken)
