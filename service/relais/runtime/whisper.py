@@ -379,8 +379,8 @@ class WhisperModel:
         pool = finished or beams
         tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
         tokens = list(tokens)
-        if (repeat := repeated_tail((history or []) + tokens)) and repeat <= len(tokens):
-            del tokens[-repeat:]
+        if repeat := repeated_tail((history or []) + tokens):  # as greedy: only this decode's tokens go
+            del tokens[len(tokens) - min(repeat, len(tokens)):]
         if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
             del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
