@@ -236,6 +236,24 @@ def test_a_decode_that_starts_the_utterance_over_is_cut(base):
     assert restart_at(tok, tok.encode("We agree"), tok.encode(". We agree again.")) == 1
 
 
+def test_beam_search_does_not_end_early_on_a_low_ranked_end_of_text(base):
+    """The final decode of a streamed utterance continues a long committed prefix with a few words.
+    An end-of-text that ranks below every kept beam must not become a finished candidate (Whisper's
+    rule): admitted, " in" + end-of-text won on mean log-probability over "in the nation." and the
+    utterance lost its last words (en_asr fleurs_en_test_006, balanced, int8)."""
+    clip = next(u for u in load_manifest("en_asr") if u.id == "fleurs_en_test_006")
+    audio = load_audio(clip.path)[int(0.664 * 16000):int(7.72 * 16000)]  # the utterance, as the VAD cut it
+    model = base["int8"]
+    enc = model.encode(audio, len(audio) / 16000 + 1.0)
+    committed = model.tokenizer.encode(" The Northern Mariana's Emergency Management Office said that there "
+                                       "were no damages reported")
+    prompt = model.prompt("transcribe", "en") + committed
+    greedy = model.greedy(enc, prompt, at_start=False, history=committed)
+    beam = model.beam_search(enc, prompt, 3, at_start=False, history=committed)
+    assert greedy.text == "in the nation." and beam.ended
+    assert beam.text == greedy.text, beam.text
+
+
 def test_repetition_loops_are_cut_to_one_copy(base):
     """Whisper's loops after a forced prefix: a long span said twice, or a short one said three
     times ("and a front and a front and a front", seen in a balanced run), keeps one copy; a few

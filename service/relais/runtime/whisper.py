@@ -360,12 +360,14 @@ class WhisperModel:
                     candidates.append((total + float(logp[b, token]), b, int(token)))
             candidates.sort(key=lambda c: -c[0])
             kept: list[tuple[int, int, float]] = []
-            for total, b, token in candidates:
-                if token == self.eot:
+            for total, b, token in candidates:  # best first, down to the last beam kept (Whisper's rule):
+                if token == self.eot:  # an ending that ranks below every kept beam is not a candidate
                     if len(finished) < beam_size:
                         finished.append((beams[b][0], total))
-                elif len(kept) < beam_size:
+                else:
                     kept.append((b, token, total))
+                    if len(kept) == beam_size:
+                        break
             if len(finished) >= beam_size or not kept:
                 break
             rows = np.array([b for b, _, _ in kept])
