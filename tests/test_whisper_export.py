@@ -234,6 +234,12 @@ def test_a_decode_that_starts_the_utterance_over_is_cut(base):
                  "The building is heated to the", "Heated. The building is heated."):
         assert restart_at(tok, [], tok.encode(text)) is None, text
     assert restart_at(tok, tok.encode("We agree"), tok.encode(". We agree again.")) == 1
+    # a last sentence that only echoes the words before it (fleurs_fr_test_1853, final beam decode)
+    out = tok.encode(" and finished the race after the marriage. After the marriage.")
+    cut = restart_at(tok, tok.encode("He lost the contract of his car"), out)
+    assert cut is not None and tok.decode(out[:cut]) == " and finished the race after the marriage."
+    for text in ("It is late. Very late, he said.", "Run. Run away.", "I saw it. It was a cat."):
+        assert restart_at(tok, [], tok.encode(text)) is None, text
 
 
 def test_beam_search_does_not_end_early_on_a_low_ranked_end_of_text(base):

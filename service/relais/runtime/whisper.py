@@ -52,7 +52,8 @@ def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop
 # Whisper sometimes finishes a translation and starts it over ("The building is heated to the air
 # panel. The building is heated to the solar panels."), most often at the end of a short utterance
 # followed by the encoder's padding. A decode is cut at a sentence end when the next sentence opens
-# with the same RESTART_WORDS words as the utterance's text (the committed ``history`` + the output).
+# with the same RESTART_WORDS words as the utterance's text (the committed ``history`` + the output),
+# or when all that follows it repeats the words just before it (at least RESTART_WORDS of them).
 RESTART_WORDS = 2
 SENTENCE_ENDS = (".", "?", "!", "。", "？", "！")
 _WORD = re.compile(r"\w[\w']*")
@@ -63,12 +64,18 @@ def _words(text: str) -> list[str]:
 
 
 def restart_at(tokenizer: WhisperTokenizer, history: list[int], out: list[int]) -> int | None:
-    """Index in ``out`` where a sentence begins that restarts the utterance (see RESTART_WORDS), or None."""
+    """Index in ``out`` where a sentence begins that restarts the utterance (see RESTART_WORDS), or
+    that only echoes the words right before it and ends the decode ("...the race after the
+    marriage. After the marriage."); None if there is none."""
     for i in range(1, len(out)):
         if not tokenizer.token_text(out[i - 1]).rstrip().endswith(SENTENCE_ENDS):
             continue
-        opening = _words(tokenizer.decode(history + out[:i]))[:RESTART_WORDS]
-        if len(opening) == RESTART_WORDS and _words(tokenizer.decode(out[i:]))[:RESTART_WORDS] == opening:
+        before = _words(tokenizer.decode(history + out[:i]))
+        rest = _words(tokenizer.decode(out[i:]))
+        opening = before[:RESTART_WORDS]
+        if len(opening) == RESTART_WORDS and rest[:RESTART_WORDS] == opening:
+            return i
+        if len(rest) >= RESTART_WORDS and before[-len(rest):] == rest:
             return i
     return None
 
