@@ -8,6 +8,7 @@ ids and sample rates.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,6 @@ def _varint(f) -> int:
 
 def _string_pair(data: bytes) -> tuple[str, str]:
     """(key, value) of a StringStringEntryProto."""
-    import io
-
     buf, pair = io.BytesIO(data), {1: "", 2: ""}
     while buf.tell() < len(data):
         field, wire = divmod(_varint(buf), 8)

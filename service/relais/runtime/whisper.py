@@ -49,6 +49,13 @@ def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop
     return 0
 
 
+def loop_cut(history: list[int], out: list[int], floor: int = 0) -> int | None:
+    """Where to cut ``out`` (a decode's tokens after the committed ``history``) so that a loop it
+    ends in keeps one copy: only ``out``'s own tokens from ``floor`` on go; None if no loop."""
+    repeat = repeated_tail(history + out)
+    return max(floor, len(out) - repeat) if repeat else None
+
+
 # Whisper sometimes finishes a translation and starts it over ("The building is heated to the air
 # panel. The building is heated to the solar panels."), most often at the end of a short utterance
 # followed by the encoder's padding. A decode is cut at a sentence end when the next sentence opens
@@ -388,8 +395,8 @@ class WhisperModel:
         pool = finished or beams
         tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
         tokens = list(tokens)
-        if repeat := repeated_tail((history or []) + tokens):  # as greedy: only this decode's tokens go
-            del tokens[len(tokens) - min(repeat, len(tokens)):]
+        if (cut := loop_cut(history or [], tokens)) is not None:
+            del tokens[cut:]
         if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
             del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
@@ -425,8 +432,7 @@ class WhisperModel:
         enc = self.encode(audio, pad_to_s)
         if language is None and self.multilingual:
             language, _ = self.detect_language(enc)
-        prompt = self.prompt(task, language)
-        return self.greedy(enc, prompt) if beam_size == 1 else self.beam_search(enc, prompt, beam_size)
+        return self.beam_search(enc, self.prompt(task, language), beam_size)  # beam 1: greedy
 
 
 class _GreedyRow:
@@ -485,10 +491,10 @@ class _GreedyRow:
             if self._past_border():
                 return False
         if self.request.stop_on_repeat and len(out) > len(self.forced) and \
-                (repeat := repeated_tail(self.history + out)):
-            del out[max(len(self.forced), len(out) - repeat):]
+                (cut := loop_cut(self.history, out, floor=len(self.forced))) is not None:
+            log.debug("repetition loop cut (%d tokens)", len(out) - cut)
+            del out[cut:]
             self.logprobs = self.logprobs[: len(out)]
-            log.debug("repetition loop cut (%d tokens repeated)", repeat)
             return False
         self.tokens.append(token)
         self.position = len(self.tokens) - 1
