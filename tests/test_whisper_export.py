@@ -12,7 +12,7 @@ import pytest
 from conftest import load_audio, load_manifest
 from relais.eval.scores import bleu, wer
 from relais.models.metadata import read_metadata
-from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel, repeated_tail, restart_at
+from relais.runtime.whisper import STOP_LOOKAHEAD, WhisperModel, drop_loops, repeated_tail, restart_at
 from relais_export.errors import ExportError
 from relais_export.whisper.reference import reference_features, reference_greedy
 
@@ -277,6 +277,26 @@ def test_repetition_loops_are_cut_to_one_copy(base):
     for said in ("made a track, a wall, a wall", "We have a front and a front", "very very very",
                  "The cat is the family name of the owner."):
         assert kept(said) == said, said
+
+
+def test_a_loop_inside_a_finished_decode_loses_its_extra_copies(base):
+    """A beam search's winner may loop in the middle and go on (fleurs_fr_test_2004, balanced:
+    committed "...and a wall, a wall, a", final decode "wall, a 17 person."). Whole extra copies
+    of the loop go, what follows stays, and the committed words are never touched."""
+    tok = base["fp32"].tokenizer
+
+    def final(committed: str, decoded: str) -> str:
+        history = tok.encode(committed)
+        return tok.decode(history + drop_loops(history, tok.encode(decoded)))
+
+    assert final(" and a wall, a wall, a", " wall, a 17 person.") == " and a wall, a wall, a 17 person."
+    assert final(" We have", " a front and a front and a front and we proceed.") == " We have a front and we proceed."
+    assert final(" We serve", " the interests of our athletes the interests of our athletes, and more.") == \
+        " We serve the interests of our athletes, and more."
+    assert final(" It was", " a wall, a wall, a wall, a wall, a") == " It was a wall,"  # an unfinished copy at the end
+    for committed, decoded in ((" He said", " a wall, a wall, and left."), (" The", " cat is the family name."),
+                               (" very", " very very good.")):
+        assert final(committed, decoded) == committed + decoded, decoded
 
 
 def test_tiny_en_prompt_and_language_errors(tiny, base):

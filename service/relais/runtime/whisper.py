@@ -34,19 +34,24 @@ MAX_TOKENS_PER_S = 12.0
 TOKEN_ALLOWANCE = 10
 
 
-def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop: int = MIN_LOOP_TOKENS) -> int:
-    """How many tokens at the end of ``tokens`` repeat what came just before them, so that dropping
-    them leaves one copy: a span of at least ``min_span`` tokens the sequence ends with twice in a
-    row (the span's length), or a shorter one of at least ``min_loop`` tokens it ends with three
-    times (twice its length); 0 if none."""
+def tail_loop(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop: int = MIN_LOOP_TOKENS) -> tuple[int, int]:
+    """The loop ``tokens`` ends in, as (its span, how many tokens at the end repeat what came just
+    before them, so that dropping them leaves one copy): a span of at least ``min_span`` tokens the
+    sequence ends with twice in a row, or a shorter one of at least ``min_loop`` tokens it ends with
+    three times (twice its length dropped); (0, 0) if none."""
     n = len(tokens)
     for span in range(min_loop, min(min_span, n // 3 + 1)):
         if tokens[n - span:] == tokens[n - 2 * span:n - span] == tokens[n - 3 * span:n - 2 * span]:
-            return 2 * span
+            return span, 2 * span
     for span in range(min_span, n // 2 + 1):
         if tokens[n - span:] == tokens[n - 2 * span:n - span]:
-            return span
-    return 0
+            return span, span
+    return 0, 0
+
+
+def repeated_tail(tokens: list[int], min_span: int = MIN_REPEAT_TOKENS, min_loop: int = MIN_LOOP_TOKENS) -> int:
+    """How many tokens at the end of ``tokens`` are a loop's extra copies (see :func:`tail_loop`)."""
+    return tail_loop(tokens, min_span, min_loop)[1]
 
 
 def loop_cut(history: list[int], out: list[int], floor: int = 0) -> int | None:
@@ -54,6 +59,35 @@ def loop_cut(history: list[int], out: list[int], floor: int = 0) -> int | None:
     ends in keeps one copy: only ``out``'s own tokens from ``floor`` on go; None if no loop."""
     repeat = repeated_tail(history + out)
     return max(floor, len(out) - repeat) if repeat else None
+
+
+def drop_loops(history: list[int], out: list[int]) -> list[int]:
+    """``out`` (a finished decode's tokens after the committed ``history``) without the extra copies
+    of every loop (see :func:`repeated_tail`) that completes inside it, keeping what follows the
+    loop (a copy left unfinished at the end goes too): "and a wall, a wall, a wall, a 17 person" reads "and a wall, a 17 person". Only whole
+    copies go, and only ``out``'s tokens. For a beam search's winner, in which a loop in the middle
+    was not stopped token by token as the greedy decode's is."""
+    kept: list[int] = []
+    span = 0  # > 0: inside a loop of that period
+    pending: list[int] = []  # tokens that go on the loop; dropped once they make a whole copy
+    for token in out:
+        if span:
+            if token == (history + kept + pending)[-span]:
+                pending.append(token)
+                if len(pending) == span:
+                    pending = []
+                continue
+            kept += pending + [token]
+            span, pending = 0, []
+        else:
+            kept.append(token)
+        span, repeat = tail_loop(history + kept)
+        if repeat:
+            mine = min(repeat, len(kept))
+            whole = mine - mine % span
+            pending = kept[len(kept) - mine:len(kept) - whole] if mine % span else []
+            del kept[len(kept) - mine:]
+    return kept  # a copy the output ends inside of goes too
 
 
 # Whisper sometimes finishes a translation and starts it over ("The building is heated to the air
@@ -395,8 +429,7 @@ class WhisperModel:
         pool = finished or beams
         tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
         tokens = list(tokens)
-        if (cut := loop_cut(history or [], tokens)) is not None:
-            del tokens[cut:]
+        tokens = drop_loops(history or [], tokens)
         if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
             del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
