@@ -267,3 +267,21 @@ def test_the_speaker_voices_cut_phrases_as_continuing_and_sentence_ends_as_ends(
     state.pending += ["and"]
     (closing,) = s.flush(state, 9.0)  # the utterance ended: nothing follows
     assert np.array_equal(closing.audio, trim_silence(voice.synthesize("and"), voice.sample_rate_hz))
+
+
+def test_the_eval_asr_hears_a_spoken_loop_as_spoken(voice, model_set):
+    """ASR-BLEU scores what the listener hears: speech that says "a wall" three times is
+    transcribed so, not edited down by the decoder's guards against Whisper's own loops (with
+    them the ASR heard "a wall, a" and lost the words after the loop)."""
+    from relais.audio import PIPELINE_RATE_HZ
+    from relais.audio.pcm import resample
+    from relais.eval.asr import SpeechRecogniser
+    from relais.eval.scores import normalise_en
+
+    asr = SpeechRecogniser(model_set.path(model_set.get("whisper-base").name))
+    said = "They hit a wall, a wall, a wall, and seventeen people died."
+    speech = voice.synthesize(said)
+    heard = normalise_en(asr.transcribe(speech, voice.sample_rate_hz))
+    assert heard.count("wall") == 3 and heard.endswith("people died"), heard
+    guarded = asr.model.transcribe(resample(speech, voice.sample_rate_hz, PIPELINE_RATE_HZ), "transcribe", "en")
+    assert not normalise_en(guarded.text).endswith("people died"), guarded.text  # what the guards made of it

@@ -3,7 +3,9 @@
 ASR-BLEU: the translated speech is resampled to 16 kHz, cut into windows of at most
 28 s (at the quietest 100 ms near each cut), transcribed in English with a Whisper
 model (by default the model set's own ``whisper-base`` at fp32; any exported Whisper
-directory can be given instead, e.g. a larger one) and scored like the text.
+directory can be given instead, e.g. a larger one), verbatim (without the decoder's guards
+against Whisper's loops, which would edit a loop the voice really spoke), and scored like the
+text.
 
 Offline baseline: the same engine's Whisper translates the whole utterance at once
 (one greedy pass over <= 28 s windows, no policy, no latency), and its voice speaks
@@ -79,7 +81,12 @@ class SpeechRecogniser:
             return ""
         language = "en" if self.model.multilingual else None
         pieces = split_windows(resample(audio, rate_hz, PIPELINE_RATE_HZ), PIPELINE_RATE_HZ)
-        return " ".join(self.model.transcribe(p, "transcribe", language).text.strip() for p in pieces).strip()
+        # Verbatim: the listener hears a loop the voice speaks, so the decoding guards against
+        # Whisper's own loops must not edit it out of the reference (they did: "a wall, a wall,
+        # a wall, a 17 person" was heard as "a wall, a"). The encoder sees a padded 30 s window,
+        # where Whisper does not loop on clean speech; the token limit still bounds a runaway.
+        return " ".join(self.model.transcribe(p, "transcribe", language, guards=False).text.strip()
+                        for p in pieces).strip()
 
 
 def default_asr_dir(models_dir: str | Path | None) -> Path:

@@ -383,12 +383,14 @@ class WhisperModel:
 
     def beam_search(self, enc: EncodedAudio, prompt: list[int], beam_size: int = 5,
                     max_new_tokens: int | None = None, at_start: bool = True,
-                    history: list[int] | None = None) -> DecodeResult:
+                    history: list[int] | None = None, guards: bool = True) -> DecodeResult:
         """Beam search (one batched decoder call per step over the live beams), as Whisper does
         it: a beam ends at end-of-text; once ``beam_size`` have ended, the best by mean
-        log-probability per token wins. ``beam_size`` 1 is :meth:`greedy`."""
+        log-probability per token wins. ``beam_size`` 1 is :meth:`greedy`. ``guards`` False: the
+        output is what the model said, loops and restarts included (the token limit still holds)."""
         if beam_size <= 1:
-            return self.greedy(enc, prompt, max_new_tokens, at_start=at_start, history=history)
+            return self.greedy(enc, prompt, max_new_tokens, stop_on_repeat=guards, at_start=at_start,
+                               history=history)
         max_new = self._token_limit(enc, prompt, max_new_tokens)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
@@ -429,9 +431,10 @@ class WhisperModel:
         pool = finished or beams
         tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
         tokens = list(tokens)
-        tokens = drop_loops(history or [], tokens)
-        if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
-            del tokens[cut:]
+        if guards:
+            tokens = drop_loops(history or [], tokens)
+            if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
+                del tokens[cut:]
         avg = total / max(1, len(tokens) + int(ended))
         return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), ended, avg, [],
                             [], self.audio_frames(enc))
@@ -460,12 +463,13 @@ class WhisperModel:
         return codes[best], float(probs[best])
 
     def transcribe(self, audio: np.ndarray, task: str = "transcribe", language: str | None = None,
-                   pad_to_s: float | None = 30.0, beam_size: int = 1) -> DecodeResult:
-        """Offline recognition/translation of up to 30 s of audio (greedy, or a beam search of ``beam_size``)."""
+                   pad_to_s: float | None = 30.0, beam_size: int = 1, guards: bool = True) -> DecodeResult:
+        """Offline recognition/translation of up to 30 s of audio (greedy, or a beam search of ``beam_size``;
+        ``guards``: see :meth:`beam_search`)."""
         enc = self.encode(audio, pad_to_s)
         if language is None and self.multilingual:
             language, _ = self.detect_language(enc)
-        return self.beam_search(enc, self.prompt(task, language), beam_size)  # beam 1: greedy
+        return self.beam_search(enc, self.prompt(task, language), beam_size, guards=guards)  # beam 1: greedy
 
 
 class _GreedyRow:
