@@ -63,31 +63,27 @@ def loop_cut(history: list[int], out: list[int], floor: int = 0) -> int | None:
 
 def drop_loops(history: list[int], out: list[int]) -> list[int]:
     """``out`` (a finished decode's tokens after the committed ``history``) without the extra copies
-    of every loop (see :func:`repeated_tail`) that completes inside it, keeping what follows the
-    loop (a copy left unfinished at the end goes too): "and a wall, a wall, a wall, a 17 person" reads "and a wall, a 17 person". Only whole
-    copies go, and only ``out``'s tokens. For a beam search's winner, in which a loop in the middle
-    was not stopped token by token as the greedy decode's is."""
-    kept: list[int] = []
+    of every loop (see :func:`tail_loop`) that completes inside it, keeping what follows the loop:
+    "and a wall, a wall, a wall, a 17 person" reads "and a wall, a 17 person". Only whole copies
+    go (one left unfinished at the end goes too), and only ``out``'s tokens. For a beam search's
+    winner, in which a loop in the middle was not stopped token by token as a greedy decode's is."""
+    seq = list(history)  # history + the tokens of out kept so far
     span = 0  # > 0: inside a loop of that period
-    pending: list[int] = []  # tokens that go on the loop; dropped once they make a whole copy
+    pending: list[int] = []  # tokens going on with the loop (fewer than span); a whole copy is dropped
     for token in out:
         if span:
-            if token == (history + kept + pending)[-span]:
-                pending.append(token)
-                if len(pending) == span:
-                    pending = []
+            if token == seq[len(pending) - span]:  # (seq + pending)[-span]
+                pending = [] if len(pending) + 1 == span else pending + [token]
                 continue
-            kept += pending + [token]
+            seq += pending
             span, pending = 0, []
-        else:
-            kept.append(token)
-        span, repeat = tail_loop(history + kept)
-        if repeat:
-            mine = min(repeat, len(kept))
-            whole = mine - mine % span
-            pending = kept[len(kept) - mine:len(kept) - whole] if mine % span else []
-            del kept[len(kept) - mine:]
-    return kept  # a copy the output ends inside of goes too
+        seq.append(token)
+        span, repeat = tail_loop(seq)
+        mine = min(repeat, len(seq) - len(history))
+        if mine:
+            pending = seq[len(seq) - mine:len(seq) - mine + mine % span]
+            del seq[len(seq) - mine:]
+    return seq[len(history):]
 
 
 # Whisper sometimes finishes a translation and starts it over ("The building is heated to the air
