@@ -177,6 +177,9 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
         if final:
             return whisper.beam_search(enc, prompt + state.committed, profile.beam_size,
                                        at_start=not state.committed, history=state.committed)
+        if profile.step_beam_size > 1:
+            return whisper.beam_search(enc, prompt + state.committed, profile.step_beam_size,
+                                       at_start=not state.committed, history=state.committed, peaks=True)
         return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed,
                               stop_frame=policy.stop_frame(whisper.audio_frames(enc)))
 
@@ -215,7 +218,9 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
     (1, "fr", LATENCY_PROFILES["quality"]),
     (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0,
                              first_step_s=0.5)),
-], ids=["balanced-alignatt-auto-23s", "low-alignatt", "quality-la-beam3", "la-hold-first-step"])
+    (2, "fr", LATENCY_PROFILES["balanced"].with_overrides({"step_beam_size": 3})),
+], ids=["balanced-alignatt-auto-23s", "low-alignatt", "quality-la-beam3", "la-hold-first-step",
+        "alignatt-step-beams"])
 def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
     """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline
     decode of the whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the

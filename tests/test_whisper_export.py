@@ -260,6 +260,31 @@ def test_beam_search_does_not_end_early_on_a_low_ranked_end_of_text(base):
     assert beam.text == greedy.text, beam.text
 
 
+def test_a_beam_searched_hypothesis_carries_the_attention_peaks_alignatt_reads(base):
+    """AlignAtt can commit from a beam search's winner: its per-token attention peaks, tracked beam by
+    beam as the search runs, are those one decoder pass over the finished text gives, and those a
+    greedy decode of the same text computes, committed prefix included (fleurs_fr_test_2004's first
+    4 s, the int8 model the service runs)."""
+    clip = next(u for u in load_manifest("fr_en_dev") if u.id == "fleurs_fr_test_2004")
+    audio = load_audio(clip.path)[: 4 * 16000]
+    model = base["int8"]
+    enc = model.encode(audio, len(audio) / 16000 + 1.0)
+    prompt = model.prompt("translate", "fr")
+    beam = model.beam_search(enc, prompt, 3, peaks=True)
+    assert len(beam.tokens) >= 6 and len(beam.peaks) == len(beam.tokens)
+    assert beam.peaks == model.peaks_of(enc, prompt, [], beam.tokens)
+    frames = model.audio_frames(enc)
+    assert beam.peaks[0] < frames / 4 and max(beam.peaks[:-2]) < frames  # the words walk through the audio
+    assert model.beam_search(enc, prompt, 3).peaks == []  # not asked for: none
+
+    committed = beam.tokens[:3]  # after a commit, the committed tokens' rows enter the statistics
+    after = model.beam_search(enc, prompt + committed, 3, at_start=False, history=committed, peaks=True)
+    forced = model.greedy(enc, prompt + committed, at_start=False, history=committed, forced=after.tokens,
+                          max_new_tokens=len(after.tokens))
+    assert after.tokens and after.peaks == forced.peaks == model.peaks_of(enc, prompt + committed, committed,
+                                                                          after.tokens)
+
+
 def test_repetition_loops_are_cut_to_one_copy(base):
     """Whisper's loops after a forced prefix: a long span said twice, or a short one said three
     times ("and a front and a front and a front", seen in a balanced run), keeps one copy; a few

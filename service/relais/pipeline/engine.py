@@ -48,6 +48,7 @@ class LatencyProfile:
     frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
     max_hold_s: float = 0.0  # LocalAgreement: force a commit after this long without one (0: never)
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
+    step_beam_size: int = 1  # beam search for each hypothesis the policy commits from (1: greedy, batched across streams)
     idle_backlog_s: float = 0.25  # speech: speak waiting words at once when less than this is left to play
     min_length_factor: float = 0.8  # speech: fastest speaking rate under backlog (x the voice's length scale)
     speedup_from_s: float = 1.5  # speech: the backlog from which it speaks faster than the voice's rate
@@ -61,8 +62,9 @@ class LatencyProfile:
         if self.first_step_s and not 0.1 <= self.first_step_s <= self.step_s:
             raise ValueError(f"first_step_s must be 0 (off) or within 0.1 s..step_s, got {self.first_step_s}")
         self.speech_settings()  # validates
-        if not 1 <= self.beam_size <= 16:
-            raise ValueError(f"beam_size must be within 1..16, got {self.beam_size}")
+        for key in ("beam_size", "step_beam_size"):
+            if not 1 <= getattr(self, key) <= 16:
+                raise ValueError(f"{key} must be within 1..16, got {getattr(self, key)}")
         if self.agreement < 1 or self.phrase_max_words < 0 or self.frame_threshold < 0 or self.max_hold_s < 0:
             raise ValueError("agreement must be >= 1; phrase_max_words, frame_threshold and max_hold_s >= 0")
 
@@ -217,8 +219,8 @@ def _pick_encoder_precision(requested: str, decoder: str, available: list[str]) 
 def whisper_runtime(config: EngineConfig) -> RuntimeConfig:
     """The runtime settings for Whisper: its TensorRT engines take the most rows the engine puts in
     one call (the streams batched into a decode, the widest final beam search)."""
-    widest = max([config.max_batch] + [p.with_overrides(config.latency_overrides).beam_size
-                                       for p in LATENCY_PROFILES.values()])
+    profiles = [p.with_overrides(config.latency_overrides) for p in LATENCY_PROFILES.values()]
+    widest = max([config.max_batch] + [max(p.beam_size, p.step_beam_size) for p in profiles])
     return dataclasses.replace(config.runtime, trt_max_batch=max(config.runtime.trt_max_batch, widest))
 
 
@@ -338,7 +340,8 @@ class TranslationEngine:
             task=cfg.task, source_language=cfg.source_language, target_language=cfg.target_language,
             step_s=cfg.latency.step_s, max_utterance_s=self.config.max_utterance_s,
             encoder_pad_s=self.config.encoder_pad_s, context_tokens=self.config.context_tokens,
-            final_beam_size=cfg.latency.beam_size, first_step_s=cfg.latency.first_step_s,
+            final_beam_size=cfg.latency.beam_size, step_beam_size=cfg.latency.step_beam_size,
+            first_step_s=cfg.latency.first_step_s,
             shedding=self.config.load_shedding)
         recognizer = Recognizer(self.whisper, policy, settings, calls, self.vad.window_samples)
         speaker = Speaker(self.voices[cfg.voice], cfg.latency.phrase_max_words, calls,

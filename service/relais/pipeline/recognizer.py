@@ -78,6 +78,7 @@ class RecognizerSettings:
     context_tokens: int  # committed tokens of earlier utterances used as prompt
     language_detect_min_s: float = 3.0  # detect the language on at least this much speech
     final_beam_size: int = 1  # beam search for an utterance's final decode (1: greedy)
+    step_beam_size: int = 1  # beam search for each hypothesis step (1: greedy, batched with other streams)
     first_step_s: float = 0.0  # step until an utterance's first commit (0: step_s); a short one starts text sooner
     shedding: LoadShedding | None = None  # None: always decide on the profile's grid
 
@@ -212,6 +213,10 @@ class Recognizer:
         if final and self.settings.final_beam_size > 1 and state.stretch == 1.0:  # shedding load: greedy
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
                                   self.settings.final_beam_size, at_start=not committed, history=committed)
+        if not final and self.settings.step_beam_size > 1 and state.stretch == 1.0:  # shedding load: greedy
+            return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
+                                  self.settings.step_beam_size, at_start=not committed, history=committed,
+                                  peaks=True)  # whole hypotheses: AlignAtt commits from the best one
         stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
         request = GreedyRequest(enc, prompt + committed, at_start=not committed, history=committed, stop_frame=stop)
         return self.calls.run_batched("decoder", self.whisper.greedy_batch, request)  # with other streams

@@ -379,37 +379,49 @@ class WhisperModel:
 
     def beam_search(self, enc: EncodedAudio, prompt: list[int], beam_size: int = 5,
                     max_new_tokens: int | None = None, at_start: bool = True,
-                    history: list[int] | None = None, guards: bool = True) -> DecodeResult:
+                    history: list[int] | None = None, guards: bool = True, peaks: bool = False) -> DecodeResult:
         """Beam search (one batched decoder call per step over the live beams), as Whisper does
         it: a beam ends at end-of-text; once ``beam_size`` have ended, the best by mean
         log-probability per token wins. ``beam_size`` 1 is :meth:`greedy`. ``guards`` False: the
-        output is what the model said, loops and restarts included (the token limit still holds)."""
+        output is what the model said, loops and restarts included (the token limit still holds).
+        ``peaks``: the winner's attention peaks too, for AlignAtt. Every beam is decoded to its end:
+        ranked on what they say by the AlignAtt border, beams chose no better than greedy did
+        (docs/benchmarks.md, "Beam search for the hypotheses AlignAtt commits from")."""
         if beam_size <= 1:
             return self.greedy(enc, prompt, max_new_tokens, stop_on_repeat=guards, at_start=at_start,
                                history=history)
         max_new = self._token_limit(enc, prompt, max_new_tokens)
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
-        beams: list[tuple[list[int], float]] = [([], 0.0)]
-        finished: list[tuple[list[int], float]] = []
+        track = peaks and step.alignment is not None
+        base: list[np.ndarray] = []  # the committed tokens' alignment rows (as greedy keeps them)
+        if track:
+            k = min(len(history or []), len(prompt) - 1)
+            base = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
+        beams = [_Beam([], 0.0, [])]
+        finished: list[_Beam] = []
         wide: EncodedAudio | None = None
         for t in range(max_new):
-            scores = step.logits.astype(np.float64)
+            scores = np.array(step.logits, np.float32)
             scores[:, self.suppress] = -np.inf
             if t == 0 and at_start:
                 scores[:, self.suppress_begin] = -np.inf
+            # Log-probabilities of each beam's best beam_size + 1 tokens only (the whole vocabulary's
+            # in float64, and a full sort per beam, were a third of a step's time).
             m = scores.max(axis=1, keepdims=True)
-            logp = scores - m - np.log(np.exp(scores - m).sum(axis=1, keepdims=True))
+            log_total = np.log(np.exp(scores - m).sum(axis=1, dtype=np.float64))
+            top = np.argpartition(-scores, beam_size, axis=1)[:, : beam_size + 1]
             candidates = []
-            for b, (tokens, total) in enumerate(beams):
-                for token in np.argsort(-logp[b])[: beam_size + 1]:
-                    candidates.append((total + float(logp[b, token]), b, int(token)))
+            for b, beam in enumerate(beams):
+                for token in top[b]:
+                    logp = float(scores[b, token]) - float(m[b, 0]) - float(log_total[b])
+                    candidates.append((beam.total + logp, b, int(token)))
             candidates.sort(key=lambda c: -c[0])
             kept: list[tuple[int, int, float]] = []
             for total, b, token in candidates:  # best first, down to the last beam kept (Whisper's rule):
                 if token == self.eot:  # an ending that ranks below every kept beam is not a candidate
                     if len(finished) < beam_size:
-                        finished.append((beams[b][0], total))
+                        finished.append(_Beam(beams[b].tokens, total, beams[b].rows, ended=True))
                 else:
                     kept.append((b, token, total))
                     if len(kept) == beam_size:
@@ -417,23 +429,44 @@ class WhisperModel:
             if len(finished) >= beam_size or not kept:
                 break
             rows = np.array([b for b, _, _ in kept])
-            beams = [(beams[b][0] + [token], total) for b, token, total in kept]
+            beams = [_Beam(beams[b].tokens + [token], total,
+                           beams[b].rows + [step.alignment[b, -1]] if track else []) for b, token, total in kept]
             if wide is None or wide.cross_k.shape[1] != len(kept):
                 wide = EncodedAudio(np.repeat(enc.cross_k, len(kept), axis=1),
                                     np.repeat(enc.cross_v, len(kept), axis=1), enc.duration_s)
-            step = self.step(np.array([[token] for _, token, _ in kept]), len(prompt) + t,
+            step = self.step(np.array([[beam.tokens[-1]] for beam in beams]), len(prompt) + t,
                              step.self_k[:, rows], step.self_v[:, rows], wide)
-        ended = bool(finished)
-        pool = finished or beams
-        tokens, total = max(pool, key=lambda c: c[1] / max(1, len(c[0]) + int(ended)))
-        tokens = list(tokens)
+        best = max(finished or beams, key=lambda c: c.total / max(1, len(c.tokens) + int(c.ended)))
+        tokens = list(best.tokens)
         if guards:
             tokens = drop_loops(history or [], tokens)
             if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
                 del tokens[cut:]
-        avg = total / max(1, len(tokens) + int(ended))
-        return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), ended, avg, [],
-                            [], self.audio_frames(enc))
+        avg = best.total / max(1, len(best.tokens) + int(best.ended))
+        if not peaks:
+            winner_peaks: list[int] = []
+        elif track and tokens == best.tokens[: len(tokens)]:  # cut at most: the tracked rows still fit
+            winner_peaks = attention_peaks(np.array(base + best.rows[: len(tokens)]))[len(base):]
+        else:  # a loop dropped from the middle (or rows not tracked): one decoder call over the result
+            winner_peaks = self.peaks_of(enc, prompt, history or [], tokens)
+        return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), best.ended, avg, [], winner_peaks,
+                            self.audio_frames(enc))
+
+    def peaks_of(self, enc: EncodedAudio, prompt: list[int], history: list[int], tokens: list[int]) -> list[int]:
+        """Per token of ``tokens`` (a decode after ``prompt``, whose last ``history`` tokens are committed
+        text), its attention peak as :meth:`greedy` computes it, from one decoder call over the whole
+        sequence (for a beam search's winner that lost a loop from its middle, whose tracked rows no
+        longer fit). Empty for an export without the alignment output."""
+        if not tokens:
+            return []
+        self_k, self_v = self.empty_cache()
+        step = self.step(np.array([prompt + tokens]), 0, self_k, self_v, enc)
+        if step.alignment is None:
+            return []
+        # The row of the query that chose token i sits one position before it.
+        k = min(len(history), len(prompt) - 1)
+        rows = step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1 + len(tokens)]
+        return attention_peaks(rows)[k:]
 
     def _token_limit(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None) -> int:
         """New tokens a decode may emit: the text context left, and a rate bound against loops."""
@@ -466,6 +499,17 @@ class WhisperModel:
         if language is None and self.multilingual:
             language, _ = self.detect_language(enc)
         return self.beam_search(enc, self.prompt(task, language), beam_size, guards=guards)  # beam 1: greedy
+
+
+@dataclass
+class _Beam:
+    """One beam of :meth:`WhisperModel.beam_search`: its new tokens, their summed log-probability and,
+    for AlignAtt, the alignment row of each token."""
+
+    tokens: list[int]
+    total: float
+    rows: list[np.ndarray]
+    ended: bool = False  # finished at end-of-text
 
 
 class _GreedyRow:
