@@ -98,6 +98,7 @@ def test_latency_help_matches_the_engine_profiles():
         assert f"every {profile.step_s:g} s" in described
         assert (f"every {profile.first_step_s:g} s" in described) == bool(profile.first_step_s)
         assert ("beam search" in described) == (profile.beam_size > 1)
+        assert ("beam search for every hypothesis" in described) == (profile.step_beam_size > 1)
         assert (f"every {profile.phrase_max_words} words" in described) == (profile.phrase_max_words > 0)
         if profile.policy == "alignatt":  # the threshold in seconds (20 ms encoder frames)
             assert f"up to {profile.frame_threshold * 0.02:g} s from" in described, described

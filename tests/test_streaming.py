@@ -42,12 +42,16 @@ def finals(events) -> list[str]:
     return [e.text for e in events if isinstance(e, TextSegment) and e.kind == TextKind.TRANSLATION_FINAL]
 
 
-@pytest.mark.parametrize("mode", ["balanced", "quality"])  # AlignAtt and LocalAgreement
+LOCAL_AGREEMENT = LatencyProfile("la2", step_s=2.0, agreement=2, phrase_max_words=0, beam_size=3)
+
+
+@pytest.mark.parametrize("mode", ["low", "balanced", "la2"])  # AlignAtt greedy, AlignAtt beams, LocalAgreement
 def test_committed_text_is_the_same_for_any_chunk_size(engine, mode):
     audio = load_audio(load_manifest("fr_en_dev")[1].path)
+    profile = LOCAL_AGREEMENT if mode == "la2" else LATENCY_PROFILES[mode]
     results = {}
     for chunk_s in (0.02, 0.1, 1.0):
-        stats, events = stream(engine, audio, chunk_s, source_language="fr", latency_mode=mode, return_audio=False)
+        stats, events = stream(engine, audio, chunk_s, source_language="fr", profile=profile, return_audio=False)
         results[chunk_s] = (finals(events), stats.translation)
     assert results[0.02] == results[0.1] == results[1.0]
     assert len(results[1.0][0]) >= 2  # committed incrementally, not only at the end
@@ -215,12 +219,12 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
 @pytest.mark.parametrize("clip_index,language,profile", [
     (0, None, LATENCY_PROFILES["balanced"]),
     (1, "fr", LATENCY_PROFILES["low"]),
-    (1, "fr", LATENCY_PROFILES["quality"]),
+    (1, "fr", LOCAL_AGREEMENT),
     (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0,
                              first_step_s=0.5)),
-    (2, "fr", LATENCY_PROFILES["balanced"].with_overrides({"step_beam_size": 3})),
-], ids=["balanced-alignatt-auto-23s", "low-alignatt", "quality-la-beam3", "la-hold-first-step",
-        "alignatt-step-beams"])
+    (2, "fr", LATENCY_PROFILES["quality"]),
+], ids=["balanced-alignatt-beams-auto-23s", "low-alignatt", "la2-beam3", "la-hold-first-step",
+        "quality-alignatt-beams"])
 def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
     """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline
     decode of the whole clip on the same schedule gives (clip 0 is 23 s: it also crosses the

@@ -29,9 +29,10 @@ LATENCY_CHOICES = ("low", "balanced", "quality")
 LATENCY_HELP = ("how soon translation is committed and spoken: low = AlignAtt (commits what the audio heard so "
                 "far supports) up to 0.68 s from the audio's end, every 1 s (every 0.5 s until an utterance's "
                 "first words), beam search at each pause, groups speech at commas, sentence ends or every 4 words; "
-                "balanced = AlignAtt up to 0.8 s from the end, every 1 s (every 0.5 s until an utterance's first "
-                "words), beam search at each pause, commas, sentence ends or every 4 words; "
-                "quality = LocalAgreement-2, every 2 s, beam search at each pause, sentence ends only. "
+                "balanced = AlignAtt up to 0.72 s from the end, every 1 s (every 0.5 s until an utterance's first "
+                "words), beam search for every hypothesis and at each pause, commas, sentence ends or every 4 words; "
+                "quality = AlignAtt up to 0.8 s from the end, every 1 s (every 0.5 s until an utterance's first "
+                "words), beam search for every hypothesis and at each pause, sentence ends only. "
                 "Waiting words are spoken at once whenever nothing is playing (default: balanced)")
 
 

@@ -88,18 +88,22 @@ class LatencyProfile:
         return dataclasses.replace(self, **converted)
 
 
-# Points on the frontier measured on fr_en_dev (docs/benchmarks.md, "Quality-latency frontier"):
-# AlignAtt commits from one hypothesis, deciding every 0.5 s until an utterance's first commit,
-# and beam-searches each final decode; low lets tokens attend closer to the audio's end (0.68 s
-# instead of 0.8 s: at 0.6 s two clips' first commits derailed their utterances, -3.9 BLEU for
-# 0.03 s of LAAL; docs/benchmarks.md, "The low mode, measured again"). quality is
-# LocalAgreement-2 every 2 s with the same final beam.
+# Points on the frontier measured on fr_en_dev (docs/benchmarks.md, "Quality-latency frontier" and
+# "Beam search for the hypotheses AlignAtt commits from"): AlignAtt commits from one hypothesis,
+# deciding every 0.5 s until an utterance's first commit, and beam-searches each final decode.
+# balanced and quality also beam-search every hypothesis they commit from (+3.5 to +5 BLEU on
+# fr_en_dev for a quarter more compute); balanced lets tokens attend up to 0.72 s from the audio's
+# end, which keeps the last words' speech within 1.5 s of the speaker (0.8 s: 1.6 s). low decodes
+# greedily (the cheapest and earliest) up to 0.68 s from the end (at 0.6 s two clips' first commits
+# derailed their utterances: "The low mode, measured again"). LocalAgreement (policy=local_agreement,
+# the quality mode before AlignAtt beam steps dominated it) stays a profile key away.
 LATENCY_PROFILES = {
     "low": LatencyProfile("low", step_s=1.0, agreement=1, phrase_max_words=4, policy="alignatt",
                           frame_threshold=34, first_step_s=0.5, beam_size=3),
     "balanced": LatencyProfile("balanced", step_s=1.0, agreement=1, phrase_max_words=4, policy="alignatt",
-                               frame_threshold=40, first_step_s=0.5, beam_size=3),
-    "quality": LatencyProfile("quality", step_s=2.0, agreement=2, phrase_max_words=0, beam_size=3),
+                               frame_threshold=36, first_step_s=0.5, beam_size=3, step_beam_size=3),
+    "quality": LatencyProfile("quality", step_s=1.0, agreement=1, phrase_max_words=0, policy="alignatt",
+                              frame_threshold=40, first_step_s=0.5, beam_size=3, step_beam_size=3),
 }
 
 

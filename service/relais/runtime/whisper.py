@@ -442,7 +442,7 @@ class WhisperModel:
             tokens = drop_loops(history or [], tokens)
             if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
                 del tokens[cut:]
-        avg = best.total / max(1, len(best.tokens) + int(best.ended))
+        avg = best.total / max(1, len(tokens) + int(best.ended))
         if not peaks:
             winner_peaks: list[int] = []
         elif track and tokens == best.tokens[: len(tokens)]:  # cut at most: the tracked rows still fit
