@@ -238,6 +238,20 @@ def test_a_phrase_ending_in_the_article_a_reads_it_as_the_article(voice):
     assert read("plan A").endswith("ˈeɪ") and read("A").endswith("ˈeɪ")
 
 
+def test_a_hyphen_between_two_numbers_is_read_as_to(voice):
+    """espeak-ng reads "6-6" as "six dash six" (a tennis score in a fr_en_dev translation); the voice
+    says "six to six", as for ranges. Dates (a chain of them) and minus signs are left alone."""
+    def read(text: str) -> str:
+        return "".join(p for sentence in voice.phonemize(text) for p in sentence)
+
+    dash = read("dash").strip(".")
+    assert dash in read("six dash six")  # what espeak-ng's "dash" sounds like
+    assert read("once the score is 6-6.") == read("once the score is 6 to 6.")
+    assert read("in 1990–2000 the") == read("in 1990 to 2000 the") and dash not in read("a 3-2 win")
+    assert read("2.5-3.5 kg") == read("2.5 to 3.5 kg")
+    assert dash in read("2020-11-29") and read("temperature of -5") == read("temperature of minus 5")
+
+
 def test_a_phrase_its_sentence_goes_on_after_is_voiced_as_continuing(voice, model_set):
     """A lone first word voiced as a sentence of its own is heard as another word; voiced as
     continuing (a word boundary after it, as within the sentence) it is heard as itself."""

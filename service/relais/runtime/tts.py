@@ -36,6 +36,10 @@ PHONEME_TYPES = ("espeak", "text")  # the phonemisers implemented here (the expo
 # final "a" is the article: it is read as it is within a sentence (weak "uh").
 _FINAL_ARTICLE = re.compile(r"(?:^|\s)a$")
 _WEAK_ARTICLE = "ɐ"
+# espeak-ng reads a hyphen between two numbers as "dash": "a score of 6-6" became "six dash six",
+# "3-2" "three dash two". People say "to" for scores and ranges alike ("1990 to 2000"). A chain
+# of them (a date, "2020-11-29") is left as it is.
+_NUMBER_SPAN = re.compile(r"(?<![\d\-–])(\d+(?:[.,]\d+)?)[-–](\d+(?:[.,]\d+)?)(?![\d\-–])")
 
 # espeak-ng is a C library with one global voice: serialise its use across threads.
 _ESPEAK_LOCK = threading.Lock()
@@ -160,6 +164,8 @@ class PiperTts:
         if self.phoneme_type == "text":
             return [list(unicodedata.normalize("NFD", s)) for s in split_sentences(text)]
         text = text.strip()
+        if self.espeak_voice.startswith("en"):
+            text = _NUMBER_SPAN.sub(r"\1 to \2", text)
         if self.espeak_voice.startswith("en") and _FINAL_ARTICLE.search(text):
             head = self.phonemize(text[:-1])
             if not head:
