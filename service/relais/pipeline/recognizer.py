@@ -210,13 +210,11 @@ class Recognizer:
             events.append(LanguageDetected(state.language, prob, self._seconds(state.done)))
         prompt = self.whisper.prompt(self.settings.task, state.language, previous=state.context)
         committed = state.policy.committed
-        if final and self.settings.final_beam_size > 1 and state.stretch == 1.0:  # shedding load: greedy
-            return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
-                                  self.settings.final_beam_size, at_start=not committed, history=committed)
-        if not final and self.settings.step_beam_size > 1 and state.stretch == 1.0:  # shedding load: greedy
-            return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed,
-                                  self.settings.step_beam_size, at_start=not committed, history=committed,
-                                  peaks=True)  # whole hypotheses: AlignAtt commits from the best one
+        beam = self.settings.final_beam_size if final else self.settings.step_beam_size
+        if beam > 1 and state.stretch == 1.0:  # shedding load: greedy
+            # A hypothesis step's beams are whole hypotheses: the policy commits from the best one.
+            return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed, beam,
+                                  at_start=not committed, history=committed, peaks=not final)
         stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
         request = GreedyRequest(enc, prompt + committed, at_start=not committed, history=committed, stop_frame=stop)
         return self.calls.run_batched("decoder", self.whisper.greedy_batch, request)  # with other streams

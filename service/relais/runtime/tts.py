@@ -164,9 +164,10 @@ class PiperTts:
         if self.phoneme_type == "text":
             return [list(unicodedata.normalize("NFD", s)) for s in split_sentences(text)]
         text = text.strip()
-        if self.espeak_voice.startswith("en"):
+        english = self.espeak_voice.startswith("en")
+        if english:
             text = _NUMBER_SPAN.sub(r"\1 to \2", text)
-        if self.espeak_voice.startswith("en") and _FINAL_ARTICLE.search(text):
+        if english and _FINAL_ARTICLE.search(text):
             head = self.phonemize(text[:-1])
             if not head:
                 return [[_WEAK_ARTICLE]]

@@ -151,6 +151,14 @@ def last_peak(rows: np.ndarray) -> int:
     return int(np.convolve(z, _PEAK_KERNEL, mode="same").argmax())
 
 
+def history_rows(alignment: np.ndarray, prompt: list[int], history: list[int]) -> list[np.ndarray]:
+    """The alignment rows of the committed ``history`` tokens that end ``prompt``, from a decoder call
+    over the prompt (``alignment`` [positions, frames]): the row of the query that chose a token sits
+    one position before it. The statistics of :func:`attention_peaks` include them."""
+    k = min(len(history), len(prompt) - 1)
+    return list(alignment[len(prompt) - 1 - k: len(prompt) - 1])
+
+
 @dataclass
 class EncodedAudio:
     cross_k: np.ndarray  # [layers, batch, heads, audio_ctx, head_dim]
@@ -394,10 +402,7 @@ class WhisperModel:
         self_k, self_v = self.empty_cache()
         step = self.step(np.array([prompt]), 0, self_k, self_v, enc)
         track = peaks and step.alignment is not None
-        base: list[np.ndarray] = []  # the committed tokens' alignment rows (as greedy keeps them)
-        if track:
-            k = min(len(history or []), len(prompt) - 1)
-            base = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
+        base = history_rows(step.alignment[0], prompt, history or []) if track else []
         beams = [_Beam([], 0.0, [])]
         finished: list[_Beam] = []
         wide: EncodedAudio | None = None
@@ -463,10 +468,9 @@ class WhisperModel:
         step = self.step(np.array([prompt + tokens]), 0, self_k, self_v, enc)
         if step.alignment is None:
             return []
-        # The row of the query that chose token i sits one position before it.
-        k = min(len(history), len(prompt) - 1)
-        rows = step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1 + len(tokens)]
-        return attention_peaks(rows)[k:]
+        base = history_rows(step.alignment[0], prompt, history)
+        rows = base + list(step.alignment[0, len(prompt) - 1: len(prompt) - 1 + len(tokens)])
+        return attention_peaks(np.array(rows))[len(base):]
 
     def _token_limit(self, enc: EncodedAudio, prompt: list[int], max_new_tokens: int | None) -> int:
         """New tokens a decode may emit: the text context left, and a rate bound against loops."""
@@ -538,8 +542,7 @@ class _GreedyRow:
         self_k, self_v = model.empty_cache()
         step = model.step(np.array([prompt]), 0, self_k, self_v, self.enc)
         if step.alignment is not None:
-            k = min(len(self.history), len(prompt) - 1)
-            self.rows = list(step.alignment[0, len(prompt) - 1 - k: len(prompt) - 1])
+            self.rows = history_rows(step.alignment[0], prompt, self.history)
         self.committed_rows = len(self.rows)
         self.tokens = list(prompt)
         self.self_k, self.self_v = step.self_k, step.self_v
