@@ -76,3 +76,14 @@ def test_the_speech_ramp_is_a_profile_key_that_reaches_the_speaker():
     assert speech.length_factor(1.5) == 1.0 and speech.length_factor(4.0) == pytest.approx(profile.min_length_factor)
     with pytest.raises(ValueError, match="speedup_from_s < speedup_full_s"):
         LATENCY_PROFILES["balanced"].with_overrides({"speedup_from_s": 3.0})
+
+
+def test_the_first_commit_keys_are_profile_keys_that_every_mode_leaves_off():
+    """first_frame_threshold / first_commit_words: an utterance's first commit (docs/streaming.md)."""
+    from relais.pipeline.engine import LATENCY_PROFILES
+
+    assert all(p.first_frame_threshold == 0 and p.first_commit_words == 0 for p in LATENCY_PROFILES.values())
+    profile = LATENCY_PROFILES["balanced"].with_overrides(parse_profile("first_frame_threshold=20,first_commit_words=1"))
+    assert (profile.first_frame_threshold, profile.first_commit_words) == (20, 1)
+    with pytest.raises(ValueError, match="first_commit_words"):
+        LATENCY_PROFILES["balanced"].with_overrides({"first_commit_words": -1})

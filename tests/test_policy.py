@@ -485,6 +485,38 @@ def test_alignatt_is_not_ready_while_the_border_is_at_frame_zero():
     assert LocalAgreementPolicy(n=2).ready(1)  # agreement may need any hypothesis
 
 
+def test_an_utterances_first_commit_can_have_its_own_threshold_and_word_cap():
+    """first_frame_threshold holds until something is committed, then frame_threshold takes over;
+    first_commit_words caps that first commit; both start over with the next utterance."""
+    hyp = words(" We", " go", " on", " the", " mat", ".")
+    peaks = [30, 45, 60, 70, 80, 81]
+    policy = AlignAttPolicy(frame_threshold=40, first_frame_threshold=20, first_commit_words=1,
+                            is_word_start=is_word_start, is_punctuation=is_punctuation)
+    state = policy.new_state()
+    assert policy.threshold(state) == 20 and policy.border_frame(50, state) == 30 and policy.border_frame(50) == 10
+    assert policy.ready(25, state) and not AlignAttPolicy(frame_threshold=40).ready(25)
+    assert policy.stop_frame(50, state) == 30
+    # At 50 frames the border is frame 30, where " We" peaks: nothing can go yet ...
+    assert policy.step(state, hyp, peaks, audio_frames=50) == []
+    # ... at 60 frames the border is 40: " We" (30) may go, " go" (45) not; the cap changes nothing yet.
+    assert policy.step(state, hyp, peaks, audio_frames=60) == words(" We")
+    assert policy.threshold(state) == 40  # committed: the usual threshold from here on
+    assert policy.step(state, hyp[1:], peaks[1:], audio_frames=101) == words(" go", " on")  # border 61
+    policy.flush(state, hyp[3:])
+    policy.reset(state)
+    assert policy.threshold(state) == 20  # a new utterance
+    # With much more audio the cap holds the first commit to one word; the usual rule takes the rest.
+    assert policy.step(state, hyp, peaks, audio_frames=200) == words(" We")
+    assert policy.step(state, hyp[1:], peaks[1:], audio_frames=200) == words(" go", " on", " the", " mat")
+    # Without a cap the first commit takes all the attention allows (the last word waits for its ".").
+    uncapped = AlignAttPolicy(frame_threshold=40, first_frame_threshold=20, is_word_start=is_word_start,
+                              is_punctuation=is_punctuation)
+    assert uncapped.step(uncapped.new_state(), hyp, peaks, audio_frames=200) == hyp[:5]
+    for bad in ({"first_frame_threshold": -1}, {"first_commit_words": -2}, {"first_commit_words": True}):
+        with pytest.raises(ValueError, match="first_"):
+            AlignAttPolicy(frame_threshold=40, **bad)
+
+
 def test_last_peak_is_the_last_row_of_attention_peaks():
     import numpy as np
 

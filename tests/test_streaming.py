@@ -185,7 +185,7 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
             return whisper.beam_search(enc, prompt + state.committed, profile.step_beam_size,
                                        at_start=not state.committed, history=state.committed, peaks=True)
         return whisper.greedy(enc, prompt + state.committed, at_start=not state.committed, history=state.committed,
-                              stop_frame=policy.stop_frame(whisper.audio_frames(enc)))
+                              stop_frame=policy.stop_frame(whisper.audio_frames(enc), state))
 
     def close(end: int) -> None:
         nonlocal context, utt
@@ -207,7 +207,7 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
                 close(done)
                 utt = [done, done + first]
             elif done >= utt[1]:
-                result = decode(utt[0], done, final=False) if policy.ready((done - utt[0]) // 320) else None
+                result = decode(utt[0], done, final=False) if policy.ready((done - utt[0]) // 320, state) else None
                 if result is not None:
                     policy.step(state, result.tokens, result.peaks, result.audio_frames)
                 utt[1] += step if state.committed else first
@@ -219,11 +219,12 @@ def offline_on_the_same_grid(engine, audio: np.ndarray, language: str | None, pr
 @pytest.mark.parametrize("clip_index,language,profile", [
     (0, None, LATENCY_PROFILES["balanced"]),
     (1, "fr", LATENCY_PROFILES["low"]),
+    (3, "fr", LATENCY_PROFILES["low"].with_overrides({"first_frame_threshold": 20, "first_commit_words": 1})),
     (1, "fr", LOCAL_AGREEMENT),
     (0, "fr", LatencyProfile("la-hold", step_s=1.0, agreement=2, phrase_max_words=6, max_hold_s=2.0,
                              first_step_s=0.5)),
     (2, "fr", LATENCY_PROFILES["quality"]),
-], ids=["balanced-alignatt-beams-auto-23s", "low-alignatt", "la2-beam3", "la-hold-first-step",
+], ids=["balanced-alignatt-beams-auto-23s", "low-alignatt", "low-alignatt-first-commit", "la2-beam3", "la-hold-first-step",
         "quality-alignatt-beams"])
 def test_streaming_equals_offline_on_the_same_grid(engine, clip_index, language, profile):
     """End to end, for every policy: a stream in odd-sized chunks commits exactly what an offline

@@ -16,6 +16,7 @@ streams' hypotheses have), alone one after another vs B rows sharing each decode
 (padded and masked), with a check that every row gets the tokens it gets alone.
 
     python tools/bench_batch.py --runs 7 --out docs/benchmarks/batching-cpu.md
+    python tools/bench_batch.py --batches 1,3,6,12   # rows of beam-3 steps, one to four streams
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ def _median_s(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def bench_whisper(model: WhisperModel, audio: np.ndarray, context_tokens: int, runs: int) -> list[dict]:
+def bench_whisper(model: WhisperModel, audio: np.ndarray, context_tokens: int, runs: int,
+                  batches: tuple[int, ...] = BATCHES) -> list[dict]:
     mel = model.features(audio, len(audio) / model.sample_rate_hz + 1.0)[None]
     one = model.encode(audio, len(audio) / model.sample_rate_hz + 1.0)
     prompt = model.prompt("translate", "fr")
     tokens = (prompt + [model.tokenizer.encode(" the")[0]] * context_tokens)[:context_tokens]
     first = model.step(np.array([tokens]), 0, *model.empty_cache(), one)
     rows = []
-    for b in BATCHES:
+    for b in batches:
         mels = np.repeat(mel, b, axis=0)
         enc_s = _median_s(lambda: model.encoder.session.run(None, {"mel": mels}), runs)
         wide = type(one)(np.repeat(one.cross_k, b, axis=1), np.repeat(one.cross_v, b, axis=1), one.duration_s)
@@ -68,7 +70,8 @@ def bench_whisper(model: WhisperModel, audio: np.ndarray, context_tokens: int, r
     return rows
 
 
-def bench_greedy_rows(model: WhisperModel, clips: list[np.ndarray], runs: int) -> list[dict]:
+def bench_greedy_rows(model: WhisperModel, clips: list[np.ndarray], runs: int,
+                      batches: tuple[int, ...] = BATCHES) -> list[dict]:
     """Greedy decodes of different clips: alone in turn vs B per batch; same tokens required."""
     requests = []
     for i, audio in enumerate(clips):
@@ -79,7 +82,7 @@ def bench_greedy_rows(model: WhisperModel, clips: list[np.ndarray], runs: int) -
     tokens = sum(len(r.tokens) + 1 for r in alone)  # + the end-of-text step
     alone_s = _median_s(lambda: [model.greedy_batch([r]) for r in requests], runs)
     rows = []
-    for b in BATCHES:
+    for b in batches:
         groups = [requests[i:i + b] for i in range(0, len(requests), b)]
         together = [r for group in groups for r in model.greedy_batch(group)]
         same = sum(t.tokens == a.tokens for t, a in zip(together, alone))
@@ -97,15 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context-tokens", type=int, default=40, help="prompt + committed tokens before the step")
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--decodes", type=int, default=16, help="greedy decodes of different clips (batched B at a time)")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)),
+                   help="batch sizes, comma-separated, the first the baseline (default %(default)s)")
     p.add_argument("--out", type=Path, help="write a markdown table here")
     args = p.parse_args(argv)
+    try:
+        batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+        p.error(f"--batches takes whole numbers separated by commas, got {args.batches!r}")
+    if not batches or min(batches) < 1:
+        p.error(f"--batches must be >= 1, got {args.batches!r}")
     models = args.models_dir or default_models_dir()
     # the server's providers (RELAIS_RUNTIME_PROVIDERS=cuda,cpu on a GPU, else the default chain)
     model = WhisperModel(models / "whisper-base", args.precision, load_config(None).runtime.runtime_config())
     eval_dir = default_eval_dir()
     utt = max(read_manifest(eval_dir / "fr_en_dev" / "manifest.tsv"), key=lambda u: u.duration_s)
     audio = load_audio_16k(utt.path)[: int(args.audio_s * 16000)]
-    rows = bench_whisper(model, audio, args.context_tokens, args.runs)
+    rows = bench_whisper(model, audio, args.context_tokens, args.runs, batches)
     lines = [f"# Batched model calls on {machine()}", "",
              f"whisper-base {args.precision}, ONNX Runtime {model.encoder.provider.upper()}; {args.audio_s:g} s "
              f"of speech (+1 s pad) per encoder row ({utt.id}); one cached decoder step after {args.context_tokens} tokens; median of {args.runs} "
@@ -119,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['decoder_step_s'] * 1000:.1f} | {r['tokens_per_s']:.0f} | "
                      f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
     clips = [load_audio_16k(u.path) for u in read_manifest(eval_dir / "fr_en_dev" / "manifest.tsv")]
-    greedy = bench_greedy_rows(model, (clips * 2)[: args.decodes], args.runs)
+    greedy = bench_greedy_rows(model, (clips * 2)[: args.decodes], args.runs, batches)
     lines += ["", f"Whole greedy decodes (`WhisperModel.greedy_batch`) of {args.decodes} different fr_en_dev clips "
               f"(their first 1.5-6 s, translate fr -> en, so rows differ in audio length and in when they end), "
-              f"B at a time; median of {args.runs} passes over all of them. Batch 1 is each decode alone.", "",
+              f"B at a time; median of {args.runs} passes over all of them; gain against each decode alone.", "",
               "| batch | pass (s) | tokens/s | gain | rows with the tokens they get alone |", "|---|---|---|---|---|"]
     for r in greedy:
         lines.append(f"| {r['batch']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['gain']:.2f}x | "

@@ -3,7 +3,7 @@
 Each configuration is a latency mode plus overrides of its LatencyProfile (`relais eval
 --latency MODE --profile k=v,...`). Every run goes to OUT/NAME/ (results.json, results.md,
 plots); then OUT/frontier.png plots BLEU against LAAL (text output) and ASR-BLEU against
-EndOffset (speech output), with the offline baseline and the Pareto front, and
+StartOffset and EndOffset (speech output), with the offline baseline and the Pareto front, and
 OUT/frontier.md tables every configuration with its BLEU difference to the offline
 baseline (paired bootstrap 95 % interval, relais.eval.scores).
 
@@ -167,13 +167,14 @@ def plot(points: list[FrontierPoint], base: FrontierPoint | None, path: Path) ->
     import matplotlib.pyplot as plt
 
     speech_key = "asr_bleu" if any(p.get("asr_bleu") is not None for p in points) else "bleu"
+    speech_label = "ASR-BLEU" if speech_key == "asr_bleu" else "BLEU"
     panels = [("laal_s", "bleu", "LAAL (s)", "BLEU", "Text output"),
-              ("end_offset_s", speech_key, "EndOffset (s)", "ASR-BLEU" if speech_key == "asr_bleu" else "BLEU",
-               "Speech output")]
+              ("start_offset_s", speech_key, "StartOffset (s)", speech_label, "Speech output, first words"),
+              ("end_offset_s", speech_key, "EndOffset (s)", speech_label, "Speech output, last words")]
     modes = {p.mode for p in points}
     clock = ("mixed clocks" if len(modes) > 1 else
              "computation-aware" if modes == {"realtime"} else "computation-unaware")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.8))
     for ax, (xk, yk, xlabel, ylabel, title) in zip(axes, panels):
         xy = [(p.get(xk), p.get(yk), p.name) for p in points if p.get(xk) is not None and p.get(yk) is not None]
         ax.scatter([x for x, _, _ in xy], [y for _, y, _ in xy], zorder=3)
@@ -188,7 +189,7 @@ def plot(points: list[FrontierPoint], base: FrontierPoint | None, path: Path) ->
         ax.set_xlabel(f"{xlabel}, {clock}")
         ax.margins(x=0.25, y=0.2)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}: {ylabel} vs {xlabel.split()[0]}")
+        ax.set_title(f"{title}: {ylabel} vs {xlabel.split()[0]}", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="best")

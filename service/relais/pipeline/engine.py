@@ -46,6 +46,8 @@ class LatencyProfile:
     policy: str = "local_agreement"  # or "alignatt" (needs an export with the alignment output)
     first_step_s: float = 0.0  # step until an utterance's first commit (0: step_s)
     frame_threshold: int = 10  # AlignAtt: encoder frames (20 ms) before the audio end a token may attend to
+    first_frame_threshold: int = 0  # AlignAtt: frame_threshold until an utterance's first commit (0: the same)
+    first_commit_words: int = 0  # AlignAtt: at most this many words in an utterance's first commit (0: no cap)
     max_hold_s: float = 0.0  # LocalAgreement: force a commit after this long without one (0: never)
     beam_size: int = 1  # beam search for each utterance's final decode (1: greedy)
     step_beam_size: int = 1  # beam search for each hypothesis the policy commits from (1: greedy, batched across streams)
@@ -65,8 +67,10 @@ class LatencyProfile:
         for key in ("beam_size", "step_beam_size"):
             if not 1 <= getattr(self, key) <= 16:
                 raise ValueError(f"{key} must be within 1..16, got {getattr(self, key)}")
-        if self.agreement < 1 or self.phrase_max_words < 0 or self.frame_threshold < 0 or self.max_hold_s < 0:
-            raise ValueError("agreement must be >= 1; phrase_max_words, frame_threshold and max_hold_s >= 0")
+        if self.agreement < 1 or min(self.phrase_max_words, self.frame_threshold, self.first_frame_threshold,
+                                     self.first_commit_words, self.max_hold_s) < 0:
+            raise ValueError("agreement must be >= 1; phrase_max_words, frame_threshold, first_frame_threshold, "
+                             "first_commit_words and max_hold_s >= 0")
 
     def speech_settings(self) -> SpeechSettings:
         return SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor,
@@ -356,7 +360,9 @@ class TranslationEngine:
         tok = self.whisper.tokenizer
         if latency.policy == "alignatt":
             return AlignAttPolicy(frame_threshold=latency.frame_threshold, is_word_start=tok.is_word_start,
-                                  is_punctuation=tok.is_punctuation, agreement=latency.agreement)
+                                  is_punctuation=tok.is_punctuation, agreement=latency.agreement,
+                                  first_frame_threshold=latency.first_frame_threshold or None,
+                                  first_commit_words=latency.first_commit_words)
         hold = max(1, round(latency.max_hold_s / latency.step_s)) if latency.max_hold_s else None
         return LocalAgreementPolicy(n=latency.agreement, is_word_start=tok.is_word_start,
                                     is_punctuation=tok.is_punctuation, max_hold_steps=hold)

@@ -102,11 +102,11 @@ class SimultaneousPolicy(Protocol):
 
     def reset(self, state: PolicyState) -> None: ...
 
-    def stop_frame(self, audio_frames: int) -> int | None:
+    def stop_frame(self, audio_frames: int, state: PolicyState | None = None) -> int | None:
         """Encoder frame at which a hypothesis may stop being decoded (None: decode it whole)."""
         ...
 
-    def ready(self, audio_frames: int) -> bool:
+    def ready(self, audio_frames: int, state: PolicyState | None = None) -> bool:
         """Whether a hypothesis over ``audio_frames`` could commit anything (False: spare its decode)."""
         ...
 
@@ -168,47 +168,63 @@ class LocalAgreementPolicy:
         """Start a new utterance."""
         _reset(state)
 
-    def stop_frame(self, audio_frames: int) -> int | None:
+    def stop_frame(self, audio_frames: int, state: PolicyState | None = None) -> int | None:
         return None  # agreement compares whole hypotheses
 
-    def ready(self, audio_frames: int) -> bool:
+    def ready(self, audio_frames: int, state: PolicyState | None = None) -> bool:
         return True  # any hypothesis may agree with the next one
 
 
 @dataclass(frozen=True)
 class AlignAttPolicy:
-    """AlignAtt: commit the tokens before the first one attending to the last ``frame_threshold`` frames."""
+    """AlignAtt: commit the tokens before the first one attending to the last ``frame_threshold`` frames.
+
+    An utterance's first commit may follow other rules (profile keys for the earliest speech; every
+    mode leaves them off): ``first_frame_threshold`` replaces ``frame_threshold`` until something is
+    committed, and ``first_commit_words`` caps that commit at so many words, so that a word guessed
+    from little audio does not drag a longer guess with it (docs/benchmarks.md, "The frontier with
+    beam-searched hypotheses, and what the first words cost")."""
 
     frame_threshold: int = 10  # encoder frames (20 ms each)
     is_word_start: Callable[[int], bool] | None = None
     is_punctuation: Callable[[int], bool] | None = None
     agreement: int = 1  # > 1: also bounded by LocalAgreement-n over the last n hypotheses
+    first_frame_threshold: int | None = None  # until an utterance's first commit (None: frame_threshold)
+    first_commit_words: int = 0  # at most this many words in an utterance's first commit (0: no cap)
 
     def __post_init__(self) -> None:
-        if isinstance(self.frame_threshold, bool) or not isinstance(self.frame_threshold, int) \
-                or self.frame_threshold < 0:
-            raise ValueError(f"AlignAtt frame_threshold must be an integer >= 0, got {self.frame_threshold!r}")
+        for name in ("frame_threshold", "first_frame_threshold", "first_commit_words"):
+            value = getattr(self, name)
+            if (value is not None or name == "frame_threshold") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"AlignAtt {name} must be an integer >= 0, got {value!r}")
         if isinstance(self.agreement, bool) or not isinstance(self.agreement, int) or self.agreement < 1:
             raise ValueError(f"AlignAtt agreement must be an integer >= 1, got {self.agreement!r}")
 
     def new_state(self) -> PolicyState:
         return PolicyState()
 
-    def border_frame(self, audio_frames: int) -> int:
-        return max(0, audio_frames - self.frame_threshold)
+    def threshold(self, state: PolicyState | None = None) -> int:
+        """The threshold in force: ``first_frame_threshold`` while ``state`` has committed nothing."""
+        if state is not None and not state.committed and self.first_frame_threshold is not None:
+            return self.first_frame_threshold
+        return self.frame_threshold
 
-    def stop_frame(self, audio_frames: int) -> int | None:
+    def border_frame(self, audio_frames: int, state: PolicyState | None = None) -> int:
+        return max(0, audio_frames - self.threshold(state))
+
+    def stop_frame(self, audio_frames: int, state: PolicyState | None = None) -> int | None:
         """Nothing from the first token at the border on is committed, so with agreement 1 its
         decode may stop there (the hybrid compares more of each hypothesis: decode it whole)."""
-        return self.border_frame(audio_frames) if self.agreement == 1 else None
+        return self.border_frame(audio_frames, state) if self.agreement == 1 else None
 
-    def ready(self, audio_frames: int) -> bool:
+    def ready(self, audio_frames: int, state: PolicyState | None = None) -> bool:
         """With the border at frame 0 every token attends at or after it: nothing can be committed."""
-        return self.border_frame(audio_frames) > 0
+        return self.border_frame(audio_frames, state) > 0
 
-    def border(self, peaks: Sequence[int], audio_frames: int, length: int) -> int:
+    def border(self, peaks: Sequence[int], audio_frames: int, length: int, state: PolicyState | None = None) -> int:
         """Index of the first token attending within the threshold of the audio end (``length`` if none)."""
-        stop = self.border_frame(audio_frames)
+        stop = self.border_frame(audio_frames, state)
         return next((i for i, p in enumerate(peaks[:length]) if p >= stop), length)
 
     def step(self, state: PolicyState, hypothesis: list[int], peaks: Sequence[int] = (),
@@ -221,8 +237,13 @@ class AlignAttPolicy:
         del state.history[: -self.agreement]
         length = 0
         if len(state.history) == self.agreement:
-            length = min(self.border(peaks, audio_frames, len(newest)), longest_common_prefix(state.history))
+            length = min(self.border(peaks, audio_frames, len(newest), state), longest_common_prefix(state.history))
             length = _boundary_trim(self, length, state.history)
+            if not state.committed and self.first_commit_words and self.is_word_start is not None:
+                # the first token starts word 1; the cap ends before the start of word cap + 1
+                starts = [i for i in range(1, length) if self.is_word_start(newest[i])]
+                if len(starts) >= self.first_commit_words:
+                    length = starts[self.first_commit_words - 1]
         return _commit(state, newest[:length])
 
     def flush(self, state: PolicyState, hypothesis: list[int]) -> list[int]:

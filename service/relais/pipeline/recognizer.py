@@ -215,13 +215,13 @@ class Recognizer:
             # A hypothesis step's beams are whole hypotheses: the policy commits from the best one.
             return self.calls.run("decoder", self.whisper.beam_search, enc, prompt + committed, beam,
                                   at_start=not committed, history=committed, peaks=not final)
-        stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc))
+        stop = None if final else self.policy.stop_frame(self.whisper.audio_frames(enc), state.policy)
         request = GreedyRequest(enc, prompt + committed, at_start=not committed, history=committed, stop_frame=stop)
         return self.calls.run_batched("decoder", self.whisper.greedy_batch, request)  # with other streams
 
     def _hypothesis_step(self, state: RecognizerState, end: int) -> list[PipelineEvent]:
         events: list[PipelineEvent] = []
-        if not self.policy.ready(int((end - state.utterance.start) * FRAMES_PER_S / self.rate_hz)):
+        if not self.policy.ready(int((end - state.utterance.start) * FRAMES_PER_S / self.rate_hz), state.policy):
             return events  # too little audio for the policy to commit anything (AlignAtt): spare the decode
         result = self._decode(state, end, final=False, events=events)
         if result is None:
