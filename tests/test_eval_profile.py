@@ -87,3 +87,19 @@ def test_the_first_commit_keys_are_profile_keys_that_every_mode_leaves_off():
     assert (profile.first_frame_threshold, profile.first_commit_words) == (20, 1)
     with pytest.raises(ValueError, match="first_commit_words"):
         LATENCY_PROFILES["balanced"].with_overrides({"first_commit_words": -1})
+
+
+@pytest.mark.skipif(not HAS_OVERRIDES, reason="EngineConfig has no latency_overrides in this tree")
+def test_the_in_process_server_keeps_the_environments_overrides_under_profile(monkeypatch):
+    """RELAIS_LATENCY_OVERRIDES applies to the eval's in-process server as to `relais serve`; --profile
+    goes on top, and results.json records what the streams got."""
+    import argparse
+
+    from relais.eval.command import _recorded_overrides
+
+    monkeypatch.setenv("RELAIS_LATENCY_OVERRIDES", "first_commit_words=1,frame_threshold=40")
+    assert engine_config(None, None).latency_overrides == {"first_commit_words": 1, "frame_threshold": 40}
+    merged = engine_config(None, {"frame_threshold": 30}).latency_overrides
+    assert merged == {"first_commit_words": 1, "frame_threshold": 30}
+    assert _recorded_overrides(argparse.Namespace(server=None), {"frame_threshold": 30}) == merged
+    assert _recorded_overrides(argparse.Namespace(server="host:1"), {}) == {}  # a running server's own: unknown

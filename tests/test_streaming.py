@@ -245,3 +245,26 @@ def test_text_spans_of_speech_that_starts_at_the_first_sample(engine):
     finals = [e for e in events if isinstance(e, TextSegment) and e.kind == TextKind.TRANSLATION_FINAL]
     assert finals and finals[0].start_s == 0.0
     assert all(e.end_s > e.start_s for e in finals)
+
+
+def test_the_servers_latency_overrides_reach_every_modes_policy(engine):
+    """`latency.overrides` (RELAIS_LATENCY_OVERRIDES) moves profile keys for every mode: a stream's
+    AlignAtt policy then uses the first-commit rules; a bad key stops the server at start."""
+    import copy
+
+    from relais.server.config import load_config
+
+    config = load_config(env={"RELAIS_LATENCY_OVERRIDES": "first_frame_threshold=20, first_commit_words=1"})
+    assert config.engine_config().latency_overrides == {"first_frame_threshold": 20, "first_commit_words": 1}
+    moved = copy.copy(engine)
+    moved.config = dataclasses.replace(engine.config, latency_overrides=config.engine_config().latency_overrides)
+    for mode in ("low", "balanced", "quality"):
+        policy = moved.policy(moved.latency_profile(mode))
+        assert (policy.first_frame_threshold, policy.first_commit_words) == (20, 1)
+        assert policy.frame_threshold == LATENCY_PROFILES[mode].frame_threshold
+    plain = engine.policy(engine.latency_profile("balanced"))
+    assert (plain.first_frame_threshold, plain.first_commit_words) == (None, 0)
+    with pytest.raises(ValueError, match=r"latency.overrides: unknown latency profile key\(s\) \['colour'\]"):
+        load_config(env={"RELAIS_LATENCY_OVERRIDES": "colour=blue"})
+    with pytest.raises(ValueError, match="latency.overrides: step_s must be within 0.1..10 s"):
+        load_config(env={"RELAIS_LATENCY_OVERRIDES": "step_s=99"})

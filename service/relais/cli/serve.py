@@ -12,7 +12,7 @@ from relais.cli.common import refuse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     srv = sub.add_parser("serve", help="run the gRPC server (config file, then RELAIS_* environment, then flags)")
-    srv.add_argument("--config", type=Path, help="YAML config file (sections server, models, runtime, tls, auth)")
+    srv.add_argument("--config", type=Path, help="YAML config file (sections server, models, runtime, tls, auth, load, latency)")
     srv.add_argument("--host", help="listen address (default 0.0.0.0)")
     srv.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks a free one)")
     srv.add_argument("--metrics-port", type=int, help="Prometheus port (default 9090; 0 picks a free one)")

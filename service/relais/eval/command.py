@@ -101,18 +101,17 @@ def parse_profile(items: list[str] | str, latency_mode: str = "balanced") -> dic
     fields of the ``latency_mode`` LatencyProfile, values take the type of that profile's value."""
     from dataclasses import fields
 
-    from relais.pipeline.engine import LATENCY_PROFILES, LatencyProfile
+    from relais.pipeline.engine import LATENCY_PROFILES, LatencyProfile, split_pairs
 
     profile = LATENCY_PROFILES[latency_mode]
     known = [f.name for f in fields(LatencyProfile) if f.name != "name"]
     out: dict = {}
     for item in [items] if isinstance(items, str) else items:
-        for pair in (p.strip() for p in item.split(",")):
-            if not pair:
-                continue
-            key, sep, value = (x.strip() for x in pair.partition("="))
-            if not sep or not key or not value:
-                raise ValueError(f"--profile takes key=value pairs, got {pair!r}")
+        try:
+            pairs = split_pairs(item)
+        except ValueError as exc:
+            raise ValueError(f"--profile {exc}") from None
+        for key, value in pairs.items():
             if key not in known:
                 raise ValueError(f"--profile: {key!r} is not a latency profile field (known: {', '.join(known)})")
             out[key] = _coerce(key, value, getattr(profile, key))
@@ -168,6 +167,16 @@ def level_line(level: ConcurrencyLevel) -> str:
             f"RTF {s(level.rtf, '')}; StartOffset {s(level.start_offset_s)}; wall {level.wall_s:.0f} s")
 
 
+def _recorded_overrides(args, overrides: dict | None) -> dict:
+    """The profile keys the run's streams got: an in-process server also applies the environment's
+    RELAIS_LATENCY_OVERRIDES (under --profile); a --server's own are not known here."""
+    if args.server is not None:
+        return dict(overrides or {})
+    from relais.server.config import load_config
+
+    return {**load_config(None).latency.parsed(), **(overrides or {})}
+
+
 def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | None = None) -> EvalResults:
     from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
     from relais.eval.measure import measure
@@ -188,7 +197,7 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
         manifest=str(args.manifest), date=datetime.datetime.now().isoformat(timespec="seconds"),
         machine=machine(), server=args.server or f"in-process ({sut.address})", mode=args.mode,
         latency_mode=args.latency, source_language=args.source, target_language=args.target,
-        chunk_ms=options.chunk_ms, longform=args.longform, latency_overrides=dict(overrides or {}),
+        chunk_ms=options.chunk_ms, longform=args.longform, latency_overrides=_recorded_overrides(args, overrides),
         command="relais " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["eval"] else None,
         memory_source=("RSS of this process (the in-process server, plus the eval client and models it loaded)"
                        if sut.in_process else f"RSS of pid {sut.pid}" if sut.pid else None),

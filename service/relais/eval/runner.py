@@ -156,7 +156,8 @@ class RequestRefused(ValueError):
 
 
 def engine_config(models_dir=None, latency_overrides: dict | None = None):
-    """The in-process engine's config; ``latency_overrides`` (LatencyProfile fields) go on top of every profile."""
+    """The in-process engine's config; ``latency_overrides`` (LatencyProfile fields) go on top of every profile
+    and of the environment's ``RELAIS_LATENCY_OVERRIDES``."""
     from dataclasses import fields, replace
 
     from relais.pipeline.engine import EngineConfig
@@ -168,8 +169,8 @@ def engine_config(models_dir=None, latency_overrides: dict | None = None):
         return base
     if "latency_overrides" not in {f.name for f in fields(EngineConfig)}:
         raise ProfileError("--profile: this server build has no EngineConfig.latency_overrides")
-    try:
-        return replace(base, latency_overrides=dict(latency_overrides))
+    try:  # on top of the server's own (RELAIS_LATENCY_OVERRIDES), as `relais serve` would apply them
+        return replace(base, latency_overrides={**base.latency_overrides, **latency_overrides})
     except (TypeError, ValueError) as exc:
         raise ProfileError(f"--profile: {exc}") from exc
 

@@ -111,6 +111,32 @@ LATENCY_PROFILES = {
 }
 
 
+def split_pairs(text: str) -> dict[str, str]:
+    """``"key=value, key=value"`` -> ``{key: value}`` (strings; empty items skipped)."""
+    out: dict[str, str] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        key, sep, value = (x.strip() for x in pair.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"takes key=value pairs separated by commas, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def parse_latency_overrides(text: str) -> dict[str, object]:
+    """``"key=value,key=value"`` (LatencyProfile fields) -> typed values, checked against every mode
+    (the server's ``latency.overrides``; ``relais eval --profile`` takes the same pairs)."""
+    raw: dict[str, object] = dict(split_pairs(text))
+    if not raw:
+        return {}
+    profile = LATENCY_PROFILES["balanced"].with_overrides(raw)  # converts; refuses unknown keys
+    typed = {key: getattr(profile, key) for key in raw}
+    for mode in LATENCY_PROFILES.values():  # valid on top of every mode (ranges, policy names)
+        mode.with_overrides(typed)
+    return typed
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     models_dir: Path | None = None  # default: $RELAIS_MODELS_DIR or ~/.cache/relais/models

@@ -10,6 +10,7 @@
     auth:     {tokens_file, open_health, open_reflection}                  (relais.server.auth)
     load:     {shed_wait_s, shed_lag_s, shed_max_stretch, admit_max_load, new_stream_cost, call_timeout_s, max_batch,
                max_batch_wait_s}
+    latency:  {overrides}   ("key=value,..." latency-profile keys for every mode, as `relais eval --profile`)
 
 Environment overrides are named ``RELAIS_<SECTION>_<KEY>`` (``RELAIS_SERVER_PORT=50052``,
 ``RELAIS_RUNTIME_PROVIDERS=cuda,cpu``). Variables whose section is not one of ours
@@ -165,6 +166,29 @@ class LoadSection:
 
 
 @dataclass(frozen=True)
+class LatencySection:
+    """Latency-profile keys moved for every mode (relais.pipeline.engine.LatencyProfile), written as
+    ``relais eval --profile`` takes them: ``"first_frame_threshold=20,first_commit_words=1"``. The
+    modes are measured points (docs/streaming.md, "Latency modes"); this is for a deployment that
+    measured its own trade-off. "": the modes as they are."""
+
+    overrides: str = ""
+
+    def validate(self) -> None:
+        self.parsed()
+
+    def parsed(self) -> dict[str, object]:
+        if not self.overrides.strip():
+            return {}
+        from relais.pipeline.engine import parse_latency_overrides
+
+        try:
+            return parse_latency_overrides(self.overrides)
+        except ValueError as exc:
+            raise ValueError(f"latency.overrides: {exc} (e.g. \"first_commit_words=1\")") from None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     server: ServerSection = field(default_factory=ServerSection)
     models: ModelsSection = field(default_factory=ModelsSection)
@@ -172,6 +196,7 @@ class ServerConfig:
     tls: TlsSection = field(default_factory=TlsSection)
     auth: AuthSection = field(default_factory=AuthSection)
     load: LoadSection = field(default_factory=LoadSection)
+    latency: LatencySection = field(default_factory=LatencySection)
 
     def validate(self) -> ServerConfig:
         for section in _sections(self):
@@ -206,7 +231,7 @@ class ServerConfig:
                             runtime=self.runtime.runtime_config(), voice_providers=tuple(self.runtime.voice_providers),
                             load_shedding=shedding,
                             call_timeout_s=load.call_timeout_s, max_batch=load.max_batch,
-                            max_batch_wait_s=load.max_batch_wait_s)
+                            max_batch_wait_s=load.max_batch_wait_s, latency_overrides=self.latency.parsed())
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -243,7 +268,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: top level must be a mapping of sections "
-                         f"(server, models, runtime, tls, auth), got {type(data).__name__}")
+                         f"({', '.join(_sections(ServerConfig()))}), got {type(data).__name__}")
     return data
 
 
