@@ -193,10 +193,11 @@ class AlignAttPolicy:
     first_commit_words: int = 0  # at most this many words in an utterance's first commit (0: no cap)
 
     def __post_init__(self) -> None:
-        for name in ("frame_threshold", "first_frame_threshold", "first_commit_words"):
-            value = getattr(self, name)
-            if (value is not None or name == "frame_threshold") and (
-                    isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        checked = {"frame_threshold": self.frame_threshold, "first_commit_words": self.first_commit_words}
+        if self.first_frame_threshold is not None:  # None: frame_threshold throughout
+            checked["first_frame_threshold"] = self.first_frame_threshold
+        for name, value in checked.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"AlignAtt {name} must be an integer >= 0, got {value!r}")
         if isinstance(self.agreement, bool) or not isinstance(self.agreement, int) or self.agreement < 1:
             raise ValueError(f"AlignAtt agreement must be an integer >= 1, got {self.agreement!r}")

@@ -448,11 +448,11 @@ class WhisperModel:
             if (cut := restart_at(self.tokenizer, history or [], tokens)) is not None:
                 del tokens[cut:]
         avg = best.total / max(1, len(tokens) + int(best.ended))
-        if not peaks:
+        if not track:  # not asked for, or an export without the alignment output
             winner_peaks: list[int] = []
-        elif track and tokens == best.tokens[: len(tokens)]:  # cut at most: the tracked rows still fit
+        elif tokens == best.tokens[: len(tokens)]:  # cut at most: the tracked rows still fit
             winner_peaks = attention_peaks(np.array(base + best.rows[: len(tokens)]))[len(base):]
-        else:  # a loop dropped from the middle (or rows not tracked): one decoder call over the result
+        else:  # a loop dropped from the middle: one decoder call over the result
             winner_peaks = self.peaks_of(enc, prompt, history or [], tokens)
         return DecodeResult(tokens, self.tokenizer.decode(tokens).strip(), best.ended, avg, [], winner_peaks,
                             self.audio_frames(enc))
