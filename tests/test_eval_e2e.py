@@ -3,6 +3,8 @@
 import json
 import time
 
+import soundfile
+
 from conftest import eval_dir, load_manifest
 
 from relais.cli import main
@@ -16,7 +18,7 @@ def test_relais_eval_simulated_on_two_short_clips(model_set, tmp_path, capsys):
     out = tmp_path / "out"
     started = time.monotonic()
     rc = main(["eval", "--manifest", str(manifest), "--models", str(model_set.root), "--mode", "simulated",
-               "--out", str(out)])
+               "--save-audio", "--out", str(out)])
     elapsed_s = time.monotonic() - started
     assert rc == 0
     printed = capsys.readouterr().out
@@ -37,7 +39,14 @@ def test_relais_eval_simulated_on_two_short_clips(model_set, tmp_path, capsys):
         assert u["start_offset_s"] <= u["duration_s"] + 1e-6
         assert u["end_offset_s"] > 0  # the speech outlasts the source
     assert results["offline"]["summary"]["n_utterances"] == 2 and results["offline"]["summary"]["bleu"] is not None
-    assert "whisper-base" in results["meta"]["asr_model"]
+    assert "whisper-base" in results["meta"]["asr_model"] and "beam search of 5" in results["meta"]["asr_model"]
+    # --save-audio: the speech each stream received, and the offline baseline's, as WAV files
+    offline = {r["id"]: r for r in results["offline"]["utterances"]}
+    for u in results["utterances"]:
+        streamed, rate = soundfile.read(out / "audio" / f"{u['id']}.wav", dtype="float32")
+        assert abs(len(streamed) / rate - u["audio_out_s"]) < 0.01 and float(abs(streamed).max()) > 0.1
+        spoken, rate = soundfile.read(out / "audio" / f"{u['id']}.offline.wav", dtype="float32")
+        assert abs(len(spoken) / rate - offline[u["id"]]["audio_out_s"]) < 0.01
     prom = {r["name"]: r for r in results["prometheus_vs_client"]}
     assert prom["first_audio"]["server_count"] == 2 and prom["first_audio"]["client_count"] == 2
     assert abs(prom["first_audio"]["mean_difference_s"]) < 0.5  # transport only, on one machine
@@ -94,3 +103,8 @@ def test_relais_eval_offline_baseline_with_beam_search(model_set, tmp_path, caps
     assert offline["summary"]["chrf"] > 20  # a translation of the clip, not noise
     rc = main(["eval", "--manifest", str(manifest), "--offline-beam", "0", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "--offline-beam must be within 1..16" in capsys.readouterr().err
+    rc = main(["eval", "--manifest", str(manifest), "--asr-beam", "17", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "--asr-beam must be within 1..16" in capsys.readouterr().err
+    rc = main(["eval", "--manifest", str(manifest), "--asr-beam", "3", "--no-asr", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "which --no-asr skips" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -299,3 +299,17 @@ def test_the_eval_asr_hears_a_spoken_loop_as_spoken(voice, model_set):
     assert heard.count("wall") == 3 and heard.endswith("people died"), heard
     guarded = asr.model.transcribe(resample(speech, voice.sample_rate_hz, PIPELINE_RATE_HZ), "transcribe", "en")
     assert not normalise_en(guarded.text).endswith("people died"), guarded.text  # what the guards made of it
+
+
+def test_the_eval_asr_decodes_as_whisper_transcribes_and_refuses_a_bad_beam(model_set):
+    """The listener of ASR-BLEU decodes with a beam search of 5 unless told otherwise (greedy misheard
+    a third more words of real English speech); its label names the decoding; a width outside 1..16 is
+    refused before any model loads."""
+    from relais.eval.asr import SpeechRecogniser
+
+    whisper_dir = model_set.path(model_set.get("whisper-base").name)
+    assert SpeechRecogniser(whisper_dir).info.label.endswith("(fp32, beam search of 5)")
+    assert SpeechRecogniser(whisper_dir, beam_size=1).info.label.endswith("(fp32, greedy)")
+    for bad in (0, 17, 2.5, True):
+        with pytest.raises(ValueError, match=r"within 1\.\.16"):
+            SpeechRecogniser("/nonexistent", beam_size=bad)

@@ -4,7 +4,7 @@
 Reads a `relais eval` run (results.json: each utterance's reference, streamed translation,
 the ASR of its streamed speech, and the timeline of the speech chunks with their text) and
 speaks each utterance's streamed text again with the model set's voice, then scores the
-same ASR (`relais eval`'s default, Whisper base fp32) on it:
+same ASR (`relais eval`'s default, Whisper base fp32, beam 5) on it:
 
 - ``whole``: the streamed translation as one text, spoken in one go (no phrasing);
 - ``phrases``: the phrases the run spoke, one voice call each, all but the last voiced as

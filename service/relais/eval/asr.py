@@ -3,9 +3,9 @@
 ASR-BLEU: the translated speech is resampled to 16 kHz, cut into windows of at most
 28 s (at the quietest 100 ms near each cut), transcribed in English with a Whisper
 model (by default the model set's own ``whisper-base`` at fp32; any exported Whisper
-directory can be given instead, e.g. a larger one), verbatim (without the decoder's guards
-against Whisper's loops, which would edit a loop the voice really spoke), and scored like the
-text.
+directory can be given instead, e.g. a larger one) with a beam search of 5, as Whisper's own
+transcription decodes, verbatim (without the decoder's guards against Whisper's loops, which
+would edit a loop the voice really spoke), and scored like the text.
 
 Offline baseline: the same engine's Whisper translates the whole utterance at once
 (one greedy pass over <= 28 s windows, no policy, no latency), and its voice speaks
@@ -37,12 +37,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WINDOW_S = 28.0
+# The listener's beam: Whisper's own transcription default. On en_asr's real English speech the
+# model set's Whisper base hears WER 0.076 with it and 0.116 greedy (docs/benchmarks.md, "The
+# listener"), so a greedy listener charges the voice with its own mishearings.
+LISTENER_BEAM = 5
 
 
 @dataclass(frozen=True)
 class AsrModelInfo:
     path: str
     precision: str
+    beam_size: int = LISTENER_BEAM
+
+    @property
+    def label(self) -> str:
+        decoding = "greedy" if self.beam_size == 1 else f"beam search of {self.beam_size}"
+        return f"{self.path} ({self.precision}, {decoding})"
 
 
 def split_windows(audio: np.ndarray, rate_hz: int, max_s: float = WINDOW_S) -> list[np.ndarray]:
@@ -64,17 +74,20 @@ def split_windows(audio: np.ndarray, rate_hz: int, max_s: float = WINDOW_S) -> l
 class SpeechRecogniser:
     """English transcription of output speech with an exported Whisper model directory."""
 
-    def __init__(self, model_dir: str | Path, precision: str | None = None, runtime: RuntimeConfig | None = None):
+    def __init__(self, model_dir: str | Path, precision: str | None = None, runtime: RuntimeConfig | None = None,
+                 beam_size: int = LISTENER_BEAM):
         from relais.runtime.whisper import WhisperModel
 
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or not 1 <= beam_size <= 16:
+            raise ValueError(f"the ASR's beam size must be within 1..16 (1 = greedy), got {beam_size!r}")
         model_dir = Path(model_dir)
         if precision is None:
             precision = next((p for p in ("fp32", "int8", "fp16") if (model_dir / f"encoder.{p}.onnx").is_file()), None)
             if precision is None:
                 raise ValueError(f"{model_dir} holds no exported Whisper encoder (encoder.<precision>.onnx)")
         self.model = WhisperModel(model_dir, precision, runtime)
-        self.info = AsrModelInfo(str(model_dir), precision)
-        log.info("ASR for ASR-BLEU: %s (%s)", model_dir, precision)
+        self.info = AsrModelInfo(str(model_dir), precision, beam_size)
+        log.info("ASR for ASR-BLEU: %s", self.info.label)
 
     def transcribe(self, audio: np.ndarray, rate_hz: int) -> str:
         if len(audio) == 0:
@@ -85,7 +98,8 @@ class SpeechRecogniser:
         # Whisper's own loops must not edit it out of the reference (they did: "a wall, a wall,
         # a wall, a 17 person" was heard as "a wall, a"). The encoder sees a padded 30 s window,
         # where Whisper does not loop on clean speech; the token limit still bounds a runaway.
-        return " ".join(self.model.transcribe(p, "transcribe", language, guards=False).text.strip()
+        return " ".join(self.model.transcribe(p, "transcribe", language, beam_size=self.info.beam_size,
+                                              guards=False).text.strip()
                         for p in pieces).strip()
 
 
@@ -102,6 +116,26 @@ class OfflineOutput:
     translation: str
     audio: np.ndarray
     sample_rate_hz: int
+
+
+def write_speech(directory: Path, name: str, audio: np.ndarray, rate_hz: int) -> Path:
+    """``audio`` as ``directory/name`` (16-bit WAV at the voice's rate), the directory made if needed."""
+    import soundfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    soundfile.write(path, np.asarray(audio, np.float32), rate_hz, subtype="PCM_16")
+    return path
+
+
+def save_outputs(batch: BatchRun, directory: Path) -> int:
+    """Every stream's output speech, as the client received it, as ``<id>.wav``; returns how many."""
+    saved = 0
+    for run in batch.runs:
+        if run.result is not None and len(run.result.audio):
+            write_speech(directory, f"{run.utterance.id}.wav", run.result.audio, run.result.output_sample_rate_hz)
+            saved += 1
+    return saved
 
 
 def transcribe_outputs(recogniser: SpeechRecogniser, batch: BatchRun, figs: list[UtteranceFigures]) -> None:
@@ -128,8 +162,10 @@ def offline_translate(engine: TranslationEngine, audio_16k: np.ndarray, utt_id: 
 
 
 def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recogniser: SpeechRecogniser | None,
-                     source_language: str | None, target_language: str, beam_size: int = 1) -> OfflineResults:
-    """Every utterance with a reference translated whole (:func:`offline_translate`), scored like the stream."""
+                     source_language: str | None, target_language: str, beam_size: int = 1,
+                     audio_dir: Path | None = None) -> OfflineResults:
+    """Every utterance with a reference translated whole (:func:`offline_translate`), scored like the stream;
+    with ``audio_dir``, its speech is kept there as ``<id>.offline.wav``."""
     rows, compute_s, source_s = [], 0.0, 0.0
     todo = [u for u in utts if u.reference]
     with Progress(len(todo), "offline baseline") as bar:
@@ -139,6 +175,8 @@ def offline_baseline(engine: TranslationEngine, utts: list[Utterance], recognise
             out = offline_translate(engine, audio, u.id, source_language, beam_size=beam_size)
             compute_s += time.monotonic() - started
             source_s += len(audio) / PIPELINE_RATE_HZ
+            if audio_dir is not None and len(out.audio):
+                write_speech(audio_dir, f"{u.id}.offline.wav", out.audio, out.sample_rate_hz)
             asr_text = recogniser.transcribe(out.audio, out.sample_rate_hz) if recogniser is not None else ""
             rows.append(OfflineRow(u.id, out.translation, asr_text, u.reference, len(out.audio) / out.sample_rate_hz))
             bar.update()

@@ -54,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override fields of the --latency profile (relais.pipeline.engine.LatencyProfile, e.g. "
                         "step_s=0.5,phrase_max_words=4) in the in-process server; repeatable")
     p.add_argument("--limit", type=int, help="only the first N utterances")
+    p.add_argument("--asr-beam", type=int, default=None, metavar="N",
+                   help="the ASR of ASR-BLEU decodes with a beam search of N (default 5, as Whisper's own "
+                        "transcription; 1: greedy)")
+    p.add_argument("--save-audio", action="store_true",
+                   help="keep the output speech: OUT/audio/<id>.wav as the client received it (and "
+                        "<id>.offline.wav, the offline baseline's)")
     p.add_argument("--no-asr", action="store_true", help="skip ASR-BLEU")
     p.add_argument("--no-offline", action="store_true", help="skip the offline full-utterance baseline")
     p.add_argument("--offline-beam", type=int, default=1, metavar="N",
@@ -130,6 +136,10 @@ def run(args) -> int:
             raise ValueError(f"--retry-refused-s must be >= 0 seconds (0 = no retry), got {args.retry_refused_s}")
         if not 1 <= args.offline_beam <= 16:
             raise ValueError(f"--offline-beam must be within 1..16 (1 = greedy), got {args.offline_beam}")
+        if args.asr_beam is not None and not 1 <= args.asr_beam <= 16:
+            raise ValueError(f"--asr-beam must be within 1..16 (1 = greedy), got {args.asr_beam}")
+        if args.asr_beam is not None and args.no_asr:
+            raise ValueError("--asr-beam sets the ASR of ASR-BLEU, which --no-asr skips: drop one of them")
         overrides = parse_profile(args.profile, args.latency)
         if overrides and args.server is not None:
             raise ValueError("--profile changes the in-process server's engine; a running --server keeps its own")
@@ -178,7 +188,8 @@ def _recorded_overrides(args, overrides: dict | None) -> dict:
 
 
 def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | None = None) -> EvalResults:
-    from relais.eval.asr import SpeechRecogniser, default_asr_dir, offline_baseline, transcribe_outputs
+    from relais.eval.asr import (LISTENER_BEAM, SpeechRecogniser, default_asr_dir, offline_baseline, save_outputs,
+                                 transcribe_outputs)
     from relais.eval.measure import measure
     from relais.eval.prometheus import compare, labelled_mean
     from relais.eval.results import (ConcurrencyLevel, EvalResults, RunMeta, max_concurrency_under, memory_summary,
@@ -233,17 +244,22 @@ def evaluate(args, utts: list[Utterance], levels: list[int], overrides: dict | N
                 prom = compare(before, after, output_lag_s=lags,
                                first_audio_s=[f.client_first_audio_from_onset_s for f in figs
                                               if f.client_first_audio_from_onset_s is not None])
+        audio_dir = args.out / "audio" if args.save_audio else None
+        if audio_dir is not None:
+            print(f"output speech of {save_outputs(main_batch, audio_dir)} streams kept in {audio_dir}",
+                  file=sys.stderr)
         recogniser = None
         if not args.no_asr:
             from relais.server.config import load_config
 
             # the server's providers (RELAIS_RUNTIME_PROVIDERS), not the default chain
             recogniser = SpeechRecogniser(args.asr_model or default_asr_dir(args.models),
-                                          runtime=load_config(None).runtime.runtime_config())
-            meta = replace(meta, asr_model=f"{recogniser.info.path} ({recogniser.info.precision})")
+                                          runtime=load_config(None).runtime.runtime_config(),
+                                          beam_size=args.asr_beam or LISTENER_BEAM)
+            meta = replace(meta, asr_model=recogniser.info.label)
             transcribe_outputs(recogniser, main_batch, main_figs)
         offline = (offline_baseline(sut.engine, utts, recogniser, args.source or None, args.target,
-                                    beam_size=args.offline_beam) if need_engine else None)
+                                    beam_size=args.offline_beam, audio_dir=audio_dir) if need_engine else None)
     finally:
         sut.close()
     failed = sum(r.result is None for r in main_batch.runs)

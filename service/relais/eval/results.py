@@ -245,7 +245,7 @@ class RunMeta:
     command: str | None
     memory_source: str | None
     normalisation: str
-    asr_model: str | None = None  # "path (precision)" when ASR-BLEU was scored
+    asr_model: str | None = None  # "path (precision, decoding)" when ASR-BLEU was scored
     latency_overrides: dict = field(default_factory=dict)  # --profile: LatencyProfile fields over latency_mode
 
 
