@@ -76,6 +76,12 @@ def test_the_speech_ramp_is_a_profile_key_that_reaches_the_speaker():
     assert speech.length_factor(1.5) == 1.0 and speech.length_factor(4.0) == pytest.approx(profile.min_length_factor)
     with pytest.raises(ValueError, match="speedup_from_s < speedup_full_s"):
         LATENCY_PROFILES["balanced"].with_overrides({"speedup_from_s": 3.0})
+    # resume_phrases: every mode voices a phrase of an open sentence as resuming it; 0 turns that off
+    assert all(p.speech_settings().resume_phrases for p in LATENCY_PROFILES.values())
+    assert not LATENCY_PROFILES["balanced"].with_overrides(parse_profile("resume_phrases=0")).speech_settings(
+    ).resume_phrases
+    with pytest.raises(ValueError, match="resume_phrases must be 0 or 1, got 2"):
+        LATENCY_PROFILES["balanced"].with_overrides({"resume_phrases": 2})
 
 
 def test_the_first_commit_keys_are_profile_keys_that_every_mode_leaves_off():

@@ -276,11 +276,54 @@ def test_the_speaker_voices_cut_phrases_as_continuing_and_sentence_ends_as_ends(
     (first,) = s.step(state, [final("The", 1.0)])  # nothing playing: spoken alone, mid-sentence
     assert np.array_equal(first.audio, trim_silence(voice.synthesize("The", continues=True), voice.sample_rate_hz))
     state.pending += "cat sat down.".split()
-    (end,) = s.flush(state, 5.0)  # a sentence end
-    assert np.array_equal(end.audio, trim_silence(voice.synthesize("cat sat down."), voice.sample_rate_hz))
+    (end,) = s.flush(state, 5.0)  # a sentence end, resuming the sentence "The" opened
+    assert np.array_equal(end.audio, trim_silence(voice.synthesize("cat sat down.", resumes=True),
+                                                  voice.sample_rate_hz))
     state.pending += ["and"]
     (closing,) = s.flush(state, 9.0)  # the utterance ended: nothing follows
     assert np.array_equal(closing.audio, trim_silence(voice.synthesize("and"), voice.sample_rate_hz))
+
+
+def test_the_speaker_voices_a_phrase_of_an_open_sentence_as_resuming_it(voice):
+    """A phrase that goes on with a sentence an earlier phrase left open is voiced after a word
+    boundary; one after a sentence end, or an utterance's first, opens its sentence; the setting
+    resume_phrases=False voices every phrase as an opening."""
+    def said(text: str, **how) -> np.ndarray:
+        return trim_silence(voice.synthesize(text, **how), voice.sample_rate_hz)
+
+    s = speaker(voice, phrase_max_words=3)
+    state = s.new_state()
+    (first,) = s.step(state, [final("The", 1.0)])  # nothing playing: spoken at once
+    assert np.array_equal(first.audio, said("The", continues=True))
+    (second,) = s.step(state, [final("cat sat down.", 5.0)])
+    assert np.array_equal(second.audio, said("cat sat down.", continues=True, resumes=True))
+    (third,) = s.step(state, [final("It", 9.0)])  # after a sentence end: opens the next
+    assert np.array_equal(third.audio, said("It", continues=True))
+    assert s.flush(state, 13.0) == [] and not state.resumes  # the utterance ended with nothing left
+    (fourth,) = s.step(state, [final("rained", 17.0)])
+    assert np.array_equal(fourth.audio, said("rained", continues=True))
+    assert not np.array_equal(said("rained", resumes=True), said("rained"))
+
+    plain = speaker(voice, phrase_max_words=3, resume_phrases=False)
+    state = plain.new_state()
+    plain.step(state, [final("The", 1.0)])
+    (second,) = plain.step(state, [final("cat sat down.", 5.0)])
+    assert np.array_equal(second.audio, said("cat sat down.", continues=True))
+
+
+def test_a_phrase_voiced_as_resuming_its_sentence_is_heard_as_part_of_it(voice, model_set):
+    """ "heated with" voiced as the opening of a sentence, after "The building is", was heard as "he
+    did with"; voiced after a word boundary it is heard as written."""
+    from relais.eval.asr import SpeechRecogniser
+    from relais.eval.scores import normalise_en
+
+    asr = SpeechRecogniser(model_set.path(model_set.get("whisper-base").name))
+    sr = voice.sample_rate_hz
+    phrases = ["The building is", "heated with", "solar panels."]
+    speech = np.concatenate([trim_silence(voice.synthesize(p, continues=i < 2, resumes=i > 0), sr)
+                             for i, p in enumerate(phrases)])
+    heard = normalise_en(asr.transcribe(speech, sr))
+    assert heard == "the building is heated with solar panels", heard
 
 
 def test_the_eval_asr_hears_a_spoken_loop_as_spoken(voice, model_set):

@@ -35,17 +35,20 @@ import numpy as np
 from relais.eval.asr import SpeechRecogniser, default_asr_dir
 from relais.eval.scores import bleu, normalise_en
 from relais.models.manifest import load_model_set
-from relais.runtime.tts import PiperTts, trim_silence
+from relais.runtime.tts import SENTENCE_END, PiperTts, trim_silence
 
 
 def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float | None,
           continuing: bool = True) -> np.ndarray:
-    """``phrases`` in one call (``whole``), or one call each, trimmed and joined; with ``continuing``,
-    all but the last are voiced as parts of their sentence (``PiperTts.synthesize(continues=True)``)."""
+    """``phrases`` in one call (``whole``), or one call each, trimmed and joined; with ``continuing``, as
+    the speaker voices them: all but the last as going on (``PiperTts.synthesize(continues=True)``),
+    and each after one that left its sentence open as resuming it (``resumes=True``)."""
     if whole:
         return voice.synthesize(" ".join(phrases), length_scale)
     last = len(phrases) - 1
-    return np.concatenate([trim_silence(voice.synthesize(p, length_scale, continues=continuing and i < last),
+    return np.concatenate([trim_silence(voice.synthesize(p, length_scale, continues=continuing and i < last,
+                                                         resumes=continuing and i > 0
+                                                         and not SENTENCE_END.search(phrases[i - 1])),
                                         voice.sample_rate_hz) for i, p in enumerate(phrases)])
 
 

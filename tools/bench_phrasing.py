@@ -9,8 +9,9 @@ chunks) and transcribes the result with `relais eval`'s ASR model (Whisper base,
 word error rate against the sentence says how much of the text a listener's ASR recovers:
 
 - ``sentence``: every piece voiced as a sentence of its own (before 2026-12-01);
-- ``continues``: a piece its sentence goes on after ends with a word boundary
-  (``PiperTts.synthesize(..., continues=True)``, what the speaker does now);
+- ``continues``: as the speaker voices them: a piece its sentence goes on after ends with a word
+  boundary (``PiperTts.synthesize(..., continues=True)``) and, since 2026-12-01's seventh session,
+  a piece that goes on with an open sentence begins with one (``resumes=True``);
 - ``whole``: the sentence in one call (no pieces), for reference.
 
 Cuts (repeatable ``--cut``): ``first1+N`` speaks the first word alone and then N words at a time,

@@ -55,6 +55,7 @@ class LatencyProfile:
     min_length_factor: float = 0.8  # speech: fastest speaking rate under backlog (x the voice's length scale)
     speedup_from_s: float = 1.5  # speech: the backlog from which it speaks faster than the voice's rate
     speedup_full_s: float = 3.0  # speech: the backlog at which min_length_factor is reached
+    resume_phrases: int = 1  # speech: 1 voices a phrase that goes on with an open sentence as resuming it
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -73,8 +74,11 @@ class LatencyProfile:
                              "first_commit_words and max_hold_s >= 0")
 
     def speech_settings(self) -> SpeechSettings:
+        if self.resume_phrases not in (0, 1):
+            raise ValueError(f"resume_phrases must be 0 or 1, got {self.resume_phrases}")
         return SpeechSettings(idle_backlog_s=self.idle_backlog_s, min_length_factor=self.min_length_factor,
-                              speedup_from_s=self.speedup_from_s, speedup_full_s=self.speedup_full_s)
+                              speedup_from_s=self.speedup_from_s, speedup_full_s=self.speedup_full_s,
+                              resume_phrases=bool(self.resume_phrases))
 
     def with_overrides(self, overrides: dict[str, object]) -> LatencyProfile:
         """A copy with some fields changed (values converted to the field's type); a clear error otherwise."""

@@ -14,7 +14,8 @@ backlog is ``max(0, playback_end_s - now)``. The rule:
 The speaking rate follows the backlog: Piper's length scale is the voice's own times a
 factor falling linearly from 1 at ``speedup_from_s`` (1.5 s) of backlog to ``min_length_factor``
 at ``speedup_full_s`` and beyond. Each phrase's leading and trailing silence is trimmed, and a
-phrase its sentence goes on after is voiced as continuing, not as a sentence of its own.
+phrase its sentence goes on after is voiced as continuing, not as a sentence of its own, and
+the phrase after it as resuming that sentence.
 ``Speaker`` holds the shared voice and these rules; ``SpeakerState`` the words still
 waiting, the source span they translate and the playback estimate.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 from relais.pipeline.events import PipelineEvent, SpeechSegment, TextKind, TextSegment, UtteranceEnd
 from relais.pipeline.scheduler import StreamCalls
-from relais.runtime.tts import CLAUSE_END, PHRASE_END, PiperTts, trim_silence
+from relais.runtime.tts import CLAUSE_END, PHRASE_END, SENTENCE_END, PiperTts, trim_silence
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class SpeechSettings:
     speedup_full_s: float = 3.0  # backlog where it reaches min_length_factor
     min_length_factor: float = 0.8  # fastest length scale, x the voice's (0.8: 25% faster); 1.0: never faster
     trim_silence: bool = True  # cut the silence Piper pads each phrase with
+    resume_phrases: bool = True  # voice a phrase that goes on with an open sentence after a word boundary
 
     def __post_init__(self):
         if self.idle_backlog_s < 0:
@@ -60,6 +62,7 @@ class SpeakerState:
     span_start_s: float = 0.0
     span_end_s: float = 0.0
     playback_end_s: float = 0.0  # estimated end of the client's playback, source seconds
+    resumes: bool = False  # the last phrase left its sentence open: the next one goes on with it
 
     def backlog_s(self, now_s: float) -> float:
         return max(0.0, self.playback_end_s - now_s)
@@ -116,13 +119,18 @@ class Speaker:
         backlog_s = state.backlog_s(now_s)
         cut = self._cut(state, final, backlog_s) if state.pending else 0
         if cut == 0:
+            if final:  # the utterance ended with everything spoken: the next one opens a sentence
+                state.resumes = False
             return []
         phrase = " ".join(state.pending[:cut])
         state.pending = state.pending[cut:]
         span_start_s, state.span_start_s = state.span_start_s, state.span_end_s
         length_scale = self.voice.length_scale * self.settings.length_factor(backlog_s)
-        # Before the utterance ends, a phrase without a sentence end is voiced as continuing.
-        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, continues=not final)
+        # Before the utterance ends, a phrase without a sentence end is voiced as continuing, and
+        # the next phrase as resuming its sentence (an utterance's first phrase opens one).
+        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, continues=not final,
+                               resumes=state.resumes and self.settings.resume_phrases)
+        state.resumes = not final and not SENTENCE_END.search(phrase)
         if self.settings.trim_silence:
             audio = trim_silence(audio, self.voice.sample_rate_hz)
         if len(audio) == 0:

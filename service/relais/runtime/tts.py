@@ -95,20 +95,22 @@ class SpeechChunk:
 
 # Punctuation that ends a sentence, a phrase (also ; and :) or a clause (also ,), and
 # the closing quotes/brackets that may follow it. The one definition: the speech stage
-# cuts phrases with PHRASE_END / CLAUSE_END, split_sentences splits on _SENTENCE_END.
+# cuts phrases with PHRASE_END / CLAUSE_END and knows a sentence's end by SENTENCE_END;
+# split_sentences splits on _SENTENCE_SPLIT.
 SENTENCE_TERMINATORS = ".!?…"
 CLOSERS = "\"'”’)\\]"
+SENTENCE_END = re.compile(f"[{SENTENCE_TERMINATORS}][{CLOSERS}]*\\s*$")  # a word that ends a sentence
 PHRASE_END = re.compile(f"[{SENTENCE_TERMINATORS};:][{CLOSERS}]*\\s*$")  # a word that ends a phrase
 CLAUSE_END = re.compile(f"[,{SENTENCE_TERMINATORS};:][{CLOSERS}]*\\s*$")  # ... or a clause
 # Sentence ends: terminal punctuation (optionally closing quotes/brackets) + space, or
 # CJK terminators. Abbreviations and initials are re-joined below.
-_SENTENCE_END = re.compile(f"(?<=[{SENTENCE_TERMINATORS}])[{CLOSERS}]*\\s+|(?<=[。！？])")
+_SENTENCE_SPLIT = re.compile(f"(?<=[{SENTENCE_TERMINATORS}])[{CLOSERS}]*\\s+|(?<=[。！？])")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "sr", "jr", "vs", "etc", "e.g", "i.e", "no", "fig", "approx"}
 
 
 def split_sentences(text: str) -> list[str]:
     """Split text into sentences that can be synthesised one at a time."""
-    pieces = [p.strip() for p in _SENTENCE_END.split(text.strip()) if p and p.strip()]
+    pieces = [p.strip() for p in _SENTENCE_SPLIT.split(text.strip()) if p and p.strip()]
     out: list[str] = []
     for piece in pieces:
         if out:
@@ -251,18 +253,24 @@ class PiperTts:
         # one at a time must keep a consistent loudness.
         return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
-    def synthesize(self, text: str, length_scale: float | None = None, continues: bool = False) -> np.ndarray:
+    def synthesize(self, text: str, length_scale: float | None = None, continues: bool = False,
+                   resumes: bool = False) -> np.ndarray:
         """Float32 mono audio at ``sample_rate_hz`` for ``text`` (empty for no speech).
         ``length_scale`` overrides the voice's rate for this call (< 1 speaks faster).
         ``continues``: ``text`` is a phrase its sentence goes on after (the pipeline speaks
         sentences in pieces). Its phonemes then end with a word boundary, as they would
         within the sentence, instead of ending the utterance: a lone first word ("The",
-        "I") spoken as a whole sentence was heard as another word ("that", "we'll")."""
+        "I") spoken as a whole sentence was heard as another word ("that", "we'll").
+        ``resumes``: ``text`` goes on with a sentence an earlier phrase began. Its phonemes
+        then begin with a word boundary, so it does not open like a sentence ("heated with"
+        after "The building is" was heard as "he did with")."""
         gap = np.zeros(self.config.sentence_silence_ms * self.sample_rate_hz // 1000, np.float32)
         parts: list[np.ndarray] = []
         sentences = self.phonemize(text)
         if continues and sentences and sentences[-1][-1] != " " and not PHRASE_END.search(text):
             sentences[-1] = [*sentences[-1], " "]
+        if resumes and sentences and sentences[0][0] != " ":
+            sentences[0] = [" ", *sentences[0]]
         for phonemes in sentences:
             if parts and len(gap):
                 parts.append(gap)
