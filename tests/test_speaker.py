@@ -89,6 +89,7 @@ def test_trim_bounds_on_a_known_signal_and_never_empties_speech():
     padded = np.concatenate([np.zeros(sr // 4, np.float32), tone, np.zeros(sr // 5, np.float32)])
     start, end = speech_bounds(padded, sr, margin_s=0.02)
     assert (start, end) == (sr // 4 - 320, sr // 4 + sr // 2 + 320)
+    assert speech_bounds(padded, sr, margin_s=0.02, end_margin_s=0.0) == (sr // 4 - 320, sr // 4 + sr // 2)
     assert len(trim_silence(np.zeros(sr, np.float32), sr)) == sr  # nothing louder than silence: left alone
     click = np.zeros(sr, np.float32)
     click[8000:8010] = 0.3
@@ -274,7 +275,8 @@ def test_the_speaker_voices_cut_phrases_as_continuing_and_sentence_ends_as_ends(
     s = speaker(voice, phrase_max_words=3)
     state = s.new_state()
     (first,) = s.step(state, [final("The", 1.0)])  # nothing playing: spoken alone, mid-sentence
-    assert np.array_equal(first.audio, trim_silence(voice.synthesize("The", continues=True), voice.sample_rate_hz))
+    assert np.array_equal(first.audio, trim_silence(voice.synthesize("The", continues=True), voice.sample_rate_hz,
+                                                    end_margin_s=0.0))  # the next phrase resumes it
     state.pending += "cat sat down.".split()
     (end,) = s.flush(state, 5.0)  # a sentence end, resuming the sentence "The" opened
     assert np.array_equal(end.audio, trim_silence(voice.synthesize("cat sat down.", resumes=True),
@@ -286,27 +288,29 @@ def test_the_speaker_voices_cut_phrases_as_continuing_and_sentence_ends_as_ends(
 
 def test_the_speaker_voices_a_phrase_of_an_open_sentence_as_resuming_it(voice):
     """A phrase that goes on with a sentence an earlier phrase left open is voiced after a word
-    boundary; one after a sentence end, or an utterance's first, opens its sentence; the setting
-    resume_phrases=False voices every phrase as an opening."""
-    def said(text: str, **how) -> np.ndarray:
-        return trim_silence(voice.synthesize(text, **how), voice.sample_rate_hz)
+    boundary, and the phrase before it ends at its last loud frame (the boundary is the pause); one
+    after a sentence end, or an utterance's first, opens its sentence; the setting resume_phrases=False
+    voices every phrase as an opening, each with its margin."""
+    def said(text: str, joined: bool = False, **how) -> np.ndarray:
+        return trim_silence(voice.synthesize(text, **how), voice.sample_rate_hz, end_margin_s=0.0 if joined else None)
 
     s = speaker(voice, phrase_max_words=3)
     state = s.new_state()
     (first,) = s.step(state, [final("The", 1.0)])  # nothing playing: spoken at once
-    assert np.array_equal(first.audio, said("The", continues=True))
+    assert np.array_equal(first.audio, said("The", joined=True, continues=True))
     (second,) = s.step(state, [final("cat sat down.", 5.0)])
     assert np.array_equal(second.audio, said("cat sat down.", continues=True, resumes=True))
     (third,) = s.step(state, [final("It", 9.0)])  # after a sentence end: opens the next
-    assert np.array_equal(third.audio, said("It", continues=True))
+    assert np.array_equal(third.audio, said("It", joined=True, continues=True))
     assert s.flush(state, 13.0) == [] and not state.resumes  # the utterance ended with nothing left
     (fourth,) = s.step(state, [final("rained", 17.0)])
-    assert np.array_equal(fourth.audio, said("rained", continues=True))
+    assert np.array_equal(fourth.audio, said("rained", joined=True, continues=True))
     assert not np.array_equal(said("rained", resumes=True), said("rained"))
 
     plain = speaker(voice, phrase_max_words=3, resume_phrases=False)
     state = plain.new_state()
-    plain.step(state, [final("The", 1.0)])
+    (first,) = plain.step(state, [final("The", 1.0)])
+    assert np.array_equal(first.audio, said("The", continues=True))
     (second,) = plain.step(state, [final("cat sat down.", 5.0)])
     assert np.array_equal(second.audio, said("cat sat down.", continues=True))
 
@@ -320,8 +324,8 @@ def test_a_phrase_voiced_as_resuming_its_sentence_is_heard_as_part_of_it(voice, 
     asr = SpeechRecogniser(model_set.path(model_set.get("whisper-base").name))
     sr = voice.sample_rate_hz
     phrases = ["The building is", "heated with", "solar panels."]
-    speech = np.concatenate([trim_silence(voice.synthesize(p, continues=i < 2, resumes=i > 0), sr)
-                             for i, p in enumerate(phrases)])
+    speech = np.concatenate([trim_silence(voice.synthesize(p, continues=i < 2, resumes=i > 0), sr,
+                                          end_margin_s=0.0 if i < 2 else None) for i, p in enumerate(phrases)])
     heard = normalise_en(asr.transcribe(speech, sr))
     assert heard == "the building is heated with solar panels", heard
 

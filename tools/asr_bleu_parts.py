@@ -42,14 +42,17 @@ def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float 
           continuing: bool = True) -> np.ndarray:
     """``phrases`` in one call (``whole``), or one call each, trimmed and joined; with ``continuing``, as
     the speaker voices them: all but the last as going on (``PiperTts.synthesize(continues=True)``),
-    and each after one that left its sentence open as resuming it (``resumes=True``)."""
+    and each after one that left its sentence open as resuming it (``resumes=True``), the one before it
+    trimmed to its last loud frame."""
     if whole:
         return voice.synthesize(" ".join(phrases), length_scale)
     last = len(phrases) - 1
+    opens = [not continuing or i == 0 or bool(SENTENCE_END.search(phrases[i - 1])) for i in range(len(phrases))]
     return np.concatenate([trim_silence(voice.synthesize(p, length_scale, continues=continuing and i < last,
-                                                         resumes=continuing and i > 0
-                                                         and not SENTENCE_END.search(phrases[i - 1])),
-                                        voice.sample_rate_hz) for i, p in enumerate(phrases)])
+                                                         resumes=not opens[i]),
+                                        voice.sample_rate_hz,
+                                        end_margin_s=0.0 if i < last and not opens[i + 1] else None)
+                           for i, p in enumerate(phrases)])
 
 
 def main(argv: list[str] | None = None) -> int:

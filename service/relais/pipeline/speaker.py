@@ -15,7 +15,8 @@ The speaking rate follows the backlog: Piper's length scale is the voice's own t
 factor falling linearly from 1 at ``speedup_from_s`` (1.5 s) of backlog to ``min_length_factor``
 at ``speedup_full_s`` and beyond. Each phrase's leading and trailing silence is trimmed, and a
 phrase its sentence goes on after is voiced as continuing, not as a sentence of its own, and
-the phrase after it as resuming that sentence.
+the phrase after it as resuming that sentence: a word boundary opens it, and the phrase before it
+ends at its last loud frame.
 ``Speaker`` holds the shared voice and these rules; ``SpeakerState`` the words still
 waiting, the source span they translate and the playback estimate.
 """
@@ -132,7 +133,10 @@ class Speaker:
                                resumes=state.resumes and self.settings.resume_phrases)
         state.resumes = not final and not SENTENCE_END.search(phrase)
         if self.settings.trim_silence:
-            audio = trim_silence(audio, self.voice.sample_rate_hz)
+            # A phrase the next one resumes ends at its last loud frame: the next one's leading word
+            # boundary is the pause between them (with a margin here too, the junction ran long).
+            joined = state.resumes and self.settings.resume_phrases
+            audio = trim_silence(audio, self.voice.sample_rate_hz, end_margin_s=0.0 if joined else None)
         if len(audio) == 0:
             return []
         segment = SpeechSegment(audio, self.voice.sample_rate_hz, phrase, span_start_s, state.span_end_s, now_s)

@@ -283,10 +283,10 @@ class PiperTts:
 
 
 def speech_bounds(audio: np.ndarray, sample_rate_hz: int, *, threshold_db: float = -40.0, frame_s: float = 0.01,
-                  margin_s: float = 0.03) -> tuple[int, int]:
+                  margin_s: float = 0.03, end_margin_s: float | None = None) -> tuple[int, int]:
     """Sample range [start, end) of ``audio`` from ``margin_s`` before its first frame to ``margin_s``
-    after its last frame whose RMS is within ``threshold_db`` of the loudest frame's. The whole
-    range when nothing is louder than silence."""
+    (``end_margin_s`` where given) after its last frame whose RMS is within ``threshold_db`` of the
+    loudest frame's. The whole range when nothing is louder than silence."""
     frame = max(1, round(frame_s * sample_rate_hz))
     n = len(audio) // frame
     if n == 0:
@@ -302,7 +302,8 @@ def speech_bounds(audio: np.ndarray, sample_rate_hz: int, *, threshold_db: float
         return 0, len(audio)
     loud = np.nonzero(rms >= peak * 10 ** (threshold_db / 20))[0]
     margin = round(margin_s * sample_rate_hz)
-    return max(0, int(loud[0]) * frame - margin), min(len(audio), (int(loud[-1]) + 1) * frame + margin)
+    end_margin = margin if end_margin_s is None else round(end_margin_s * sample_rate_hz)
+    return max(0, int(loud[0]) * frame - margin), min(len(audio), (int(loud[-1]) + 1) * frame + end_margin)
 
 
 def trim_silence(audio: np.ndarray, sample_rate_hz: int, **bounds) -> np.ndarray:
