@@ -35,7 +35,8 @@ import numpy as np
 from relais.eval.asr import SpeechRecogniser, default_asr_dir
 from relais.eval.scores import bleu, normalise_en
 from relais.models.manifest import load_model_set
-from relais.runtime.tts import SENTENCE_END, PiperTts, trim_silence
+from relais.pipeline.speaker import opens_next, voice_phrase
+from relais.runtime.tts import PiperTts
 
 
 def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float | None,
@@ -47,12 +48,9 @@ def speak(voice: PiperTts, phrases: list[str], whole: bool, length_scale: float 
     if whole:
         return voice.synthesize(" ".join(phrases), length_scale)
     last = len(phrases) - 1
-    opens = [not continuing or i == 0 or bool(SENTENCE_END.search(phrases[i - 1])) for i in range(len(phrases))]
-    return np.concatenate([trim_silence(voice.synthesize(p, length_scale, continues=continuing and i < last,
-                                                         resumes=not opens[i]),
-                                        voice.sample_rate_hz,
-                                        end_margin_s=0.0 if i < last and not opens[i + 1] else None)
-                           for i, p in enumerate(phrases)])
+    resumes = [continuing and i > 0 and not opens_next(phrases[i - 1]) for i in range(len(phrases))]
+    return np.concatenate([voice_phrase(voice, p, length_scale, continues=continuing and i < last, resumes=resumes[i],
+                                        joined=i < last and resumes[i + 1]) for i, p in enumerate(phrases)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from relais.pipeline.events import PipelineEvent, SpeechSegment, TextKind, TextSegment, UtteranceEnd
 from relais.pipeline.scheduler import StreamCalls
 from relais.runtime.tts import CLAUSE_END, PHRASE_END, SENTENCE_END, PiperTts, trim_silence
@@ -55,6 +57,21 @@ class SpeechSettings:
         """The voice's length scale is multiplied by this (1: its own rate) for a given backlog."""
         ramp = (backlog_s - self.speedup_from_s) / (self.speedup_full_s - self.speedup_from_s)
         return 1.0 - (1.0 - self.min_length_factor) * min(1.0, max(0.0, ramp))
+
+
+def opens_next(phrase: str) -> bool:
+    """Whether the phrase after ``phrase`` (in the same utterance) opens a sentence: ``phrase`` ended one."""
+    return bool(SENTENCE_END.search(phrase))
+
+
+def voice_phrase(voice: PiperTts, phrase: str, length_scale: float | None, *, continues: bool, resumes: bool,
+                 joined: bool, trim: bool = True) -> np.ndarray:
+    """One phrase as the speaker voices it (``PiperTts.synthesize`` with ``continues``/``resumes``), its
+    silence trimmed. ``joined``: the next phrase resumes this one's sentence, so this one ends at its last
+    loud frame: the next one's leading word boundary is the pause between them (with a margin here too,
+    the junction ran long)."""
+    audio = voice.synthesize(phrase, length_scale, continues=continues, resumes=resumes)
+    return trim_silence(audio, voice.sample_rate_hz, end_margin_s=0.0 if joined else None) if trim else audio
 
 
 @dataclass
@@ -129,14 +146,10 @@ class Speaker:
         length_scale = self.voice.length_scale * self.settings.length_factor(backlog_s)
         # Before the utterance ends, a phrase without a sentence end is voiced as continuing, and
         # the next phrase as resuming its sentence (an utterance's first phrase opens one).
-        audio = self.calls.run("tts", self.voice.synthesize, phrase, length_scale, continues=not final,
-                               resumes=state.resumes and self.settings.resume_phrases)
-        state.resumes = not final and not SENTENCE_END.search(phrase)
-        if self.settings.trim_silence:
-            # A phrase the next one resumes ends at its last loud frame: the next one's leading word
-            # boundary is the pause between them (with a margin here too, the junction ran long).
-            joined = state.resumes and self.settings.resume_phrases
-            audio = trim_silence(audio, self.voice.sample_rate_hz, end_margin_s=0.0 if joined else None)
+        resumes = state.resumes
+        state.resumes = self.settings.resume_phrases and not final and not opens_next(phrase)
+        audio = self.calls.run("tts", voice_phrase, self.voice, phrase, length_scale, continues=not final,
+                               resumes=resumes, joined=state.resumes, trim=self.settings.trim_silence)
         if len(audio) == 0:
             return []
         segment = SpeechSegment(audio, self.voice.sample_rate_hz, phrase, span_start_s, state.span_end_s, now_s)
