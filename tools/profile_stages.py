@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from relais.pipeline.events import TextKind, TextSegment
 from relais.server.config import load_config
 
 CHUNK = 1600  # 100 ms at 16 kHz
+STAGES = ("encoder", "decoder", "tts", "vad")  # the columns of --first-decision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     for utt in read_manifest(manifest):
         audio = load_audio_16k(utt.path)
         source_s += len(audio) / 16000
-        cfg = engine.session_config(source_language=args.source, target_language=args.target,
-                                    latency_mode=args.latency)
-        session = engine.new_session(cfg, scheduler)
+        session = new_session(engine, scheduler, args)
         for i in range(0, len(audio), CHUNK):
             session.push_audio(audio[i:i + CHUNK])
         session.finish()
@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def new_session(engine: TranslationEngine, scheduler, args: argparse.Namespace):
+    cfg = engine.session_config(source_language=args.source, target_language=args.target, latency_mode=args.latency)
+    return engine.new_session(cfg, scheduler)
+
+
 def first_decisions(engine: TranslationEngine, scheduler, manifest: Path, args: argparse.Namespace,
                     spent: collections.Counter[str]) -> int:
     """Each clip up to the chunk after which its first committed text (and that text's speech) comes out:
@@ -92,9 +97,7 @@ def first_decisions(engine: TranslationEngine, scheduler, manifest: Path, args: 
     walls = []
     for utt in read_manifest(manifest):
         audio = load_audio_16k(utt.path)
-        cfg = engine.session_config(source_language=args.source, target_language=args.target,
-                                    latency_mode=args.latency)
-        session = engine.new_session(cfg, scheduler)
+        session = new_session(engine, scheduler, args)
         for i in range(0, len(audio), CHUNK):
             spent.clear()
             t0 = time.perf_counter()
@@ -108,11 +111,8 @@ def first_decisions(engine: TranslationEngine, scheduler, manifest: Path, args: 
                 break
         session.finish()
     if walls:
-        print(f"\nmedian wall {sorted(walls)[len(walls) // 2] * 1000:.0f} ms over {len(walls)} clips")
+        print(f"\nmedian wall {statistics.median(walls) * 1000:.0f} ms over {len(walls)} clips")
     return 0
-
-
-STAGES = ("encoder", "decoder", "tts", "vad")
 
 
 if __name__ == "__main__":
